@@ -1,0 +1,32 @@
+"""Errors a user can cause.
+
+Every message names the file or field, the value, what was expected and what to do.
+The CLI prints ``medsynth: error: <message>`` on one line and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class MedsynthError(Exception):
+    """Base of all errors a user can cause; the CLI maps it to ``exit_code``."""
+
+    exit_code: int = 2
+
+
+class InputError(MedsynthError):
+    """A file, folder, CSV or argument that cannot be used as given."""
+
+
+class ProtocolError(MedsynthError):
+    """A protocol file that does not validate."""
+
+
+class PrivacyError(MedsynthError):
+    """The privacy gate failed a run or a check (exit status 3)."""
+
+    exit_code = 3
+
+
+def file_error(path: object, reason: str) -> InputError:
+    """An ``InputError`` in the ``<path>: <reason>`` form used for unreadable files."""
+    return InputError(f"{path}: {reason}")

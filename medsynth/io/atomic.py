@@ -1,0 +1,81 @@
+"""Atomic writes: everything is written under a temporary name and renamed when complete.
+
+A crash (even SIGKILL) leaves either the old state or the new one, never a half-written
+file. Temporary names start with ``.tmp-`` so that a resumed run can sweep them away.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory entry, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    Works for a file or a folder (a DICOM series): whatever the caller creates at the
+    yielded path is moved into place in one rename. On error the temporary is removed.
+
+    Example:
+        >>> with atomic_path(out / "case.nii.gz") as tmp:  # doctest: +SKIP
+        ...     nib.save(img, tmp)
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            for child in tmp.rglob("*"):
+                if child.is_file():
+                    fsync_path(child)
+            if final.exists():
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+        else:
+            fsync_path(tmp)
+        os.replace(tmp, final)
+        fsync_path(final.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete leftovers of interrupted atomic writes under ``root``; return what was removed."""
+    removed = []
+    for p in sorted(Path(root).rglob(f"{TMP_PREFIX}*"), key=lambda q: len(q.parts), reverse=True):
+        if p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p)
+    return removed
