@@ -14,7 +14,15 @@ _LAZY = {
     "Scan": "medsynth.io.scan",
     "read_scan": "medsynth.io",
     "write_scan": "medsynth.io",
+    "read_scans": "medsynth.io",
+    "Catalog": "medsynth.data.catalog",
     "MedsynthError": "medsynth.errors",
+    "make_phantom": "medsynth.data.phantoms",
+    "phantom_dataset": "medsynth.data.phantoms",
+    "load_model": "medsynth.models.artifact",
+    "save_model": "medsynth.models.artifact",
+    "LatentDiffusionModel": "medsynth.models.ldm",
+    "Synthesizer": "medsynth.sampling",
 }
 
 __all__ = ["__version__", *_LAZY]
