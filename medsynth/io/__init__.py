@@ -210,7 +210,13 @@ def _with_suffix(path: Path, suffixes: tuple[str, ...], fmt: str) -> Path:
 
 
 def write_scan(
-    scan: Scan, path: str | os.PathLike[str], fmt: str, *, case_id: str | None = None
+    scan: Scan,
+    path: str | os.PathLike[str],
+    fmt: str,
+    *,
+    case_id: str | None = None,
+    synthetic: bool = True,
+    uid_namespace: str = "",
 ) -> Path:
     """Write ``scan`` in format ``fmt``; return what was written.
 
@@ -222,6 +228,9 @@ def write_scan(
         fmt: one of ``FORMATS``.
         case_id: DICOM only: the identifier written as the synthetic patient/case
             (default: the folder's name). Never pass a real patient identifier.
+        synthetic: DICOM only: mark the files synthetic (generated output, the default) or
+            as a converted real scan (``convert``); see ``medsynth.io.dicom.write_dicom``.
+        uid_namespace: DICOM only: mixed into the UIDs (the runner passes the protocol hash).
 
     Raises:
         InputError: unknown format, a suffix that contradicts the format, a 3D scan as PNG,
@@ -235,7 +244,9 @@ def write_scan(
         # anything but an earlier series, because it replaces the whole folder.
         from medsynth.io.dicom import write_dicom
 
-        write_dicom(scan, path, case_id=case_id or path.name)
+        write_dicom(
+            scan, path, case_id=case_id or path.name, synthetic=synthetic, uid_namespace=uid_namespace
+        )
         return path
     path = _with_suffix(path, NIFTI_SUFFIXES if fmt == "nifti" else (".png",), fmt)
     if path.is_dir():
@@ -279,7 +290,8 @@ def convert(
             f"{src}: is a 3D scan with shape {scan.shape}; PNG holds 2D images only: "
             "convert to nifti or dicom"
         )
-    return write_scan(scan, dst, fmt, case_id=case_id), scan
+    # A converted scan came from a real file: it must not be labelled synthetic.
+    return write_scan(scan, dst, fmt, case_id=case_id, synthetic=False), scan
 
 
 def describe_scan(scan: Scan) -> dict:

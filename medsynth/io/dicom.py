@@ -722,6 +722,8 @@ def _read_one(path: str | Path) -> Scan:
 MANUFACTURER = "Synthetic (medsynth)"
 MODEL_NAME = "medsynth"
 DEIDENTIFICATION_METHOD = "synthetic image, no patient"
+# A converted real scan (``medsynth convert``) is not synthetic: it says what was done instead.
+CONVERTED_DEIDENTIFICATION_METHOD = "converted by medsynth; no identifying attribute carried over"
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,55}$")
 _CS = re.compile(r"^[A-Z0-9 _]{1,16}$")
 _SOP_CLASS_CHOICES = ("auto", "sc")
@@ -820,16 +822,23 @@ def _uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(parts)).int}"
 
 
-def _uids(case_id: str, series_description: str, iod: str) -> tuple[str, str, str]:
-    """Study, series and frame-of-reference UIDs, deterministic from the case identity."""
-    study = _uid("study", case_id)
-    series = _uid("series", case_id, series_description, iod)
-    frame_of_reference = _uid("frame-of-reference", case_id)
+def _uids(case_id: str, series_description: str, iod: str, namespace: str) -> tuple[str, str, str]:
+    """Study, series and frame-of-reference UIDs, deterministic from the namespace and case identity."""
+    study = _uid("study", namespace, case_id)
+    series = _uid("series", namespace, case_id, series_description, iod)
+    frame_of_reference = _uid("frame-of-reference", namespace, case_id)
     return study, series, frame_of_reference
 
 
 def _base_dataset(
-    *, iod: str, modality: str, case_id: str, series_description: str, uids: tuple[str, str, str], index: int
+    *,
+    iod: str,
+    modality: str,
+    case_id: str,
+    series_description: str,
+    uids: tuple[str, str, str],
+    index: int,
+    synthetic: bool,
 ) -> Dataset:
     """Patient/study/series/equipment/SOP common modules via highdicom, plus the synthetic marks."""
     import highdicom as hd
@@ -850,8 +859,8 @@ def _base_dataset(
         modality=modality,
         manufacturer=MANUFACTURER,
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
-        patient_id=f"SYN-{case_id}",
-        patient_name=f"SYNTHETIC^{case_id}",
+        patient_id=f"SYN-{case_id}" if synthetic else f"ANON-{case_id}",
+        patient_name=f"SYNTHETIC^{case_id}" if synthetic else f"ANONYMOUS^{case_id}",
         series_description=series_description,
         manufacturer_model_name=MODEL_NAME,
         software_versions=software,
@@ -862,24 +871,36 @@ def _base_dataset(
     for kw in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
         if kw in ds:
             delattr(ds, kw)
-    ds.SyntheticData = "YES"
+    ds.SyntheticData = "YES" if synthetic else "NO"
     ds.BurnedInAnnotation = "NO"
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    ds.DeidentificationMethod = DEIDENTIFICATION_METHOD if synthetic else CONVERTED_DEIDENTIFICATION_METHOD
+    purpose, description = (
+        (codes.DCM.SynthesizingEquipment, "image synthesized by a generative model; no patient was imaged")
+        if synthetic
+        else (codes.DCM.ProcessingEquipment, "converted from another file format; identifiers not carried over")
+    )
     ds.ContributingEquipmentSequence = [
         hd.ContributingEquipment(
             MANUFACTURER,
-            codes.DCM.SynthesizingEquipment,
+            purpose,
             manufacturer_model_name=MODEL_NAME,
             software_versions=software,
-            contribution_description="image synthesized by a generative model; no patient was imaged",
+            contribution_description=description,
         )
     ]
     return ds
 
 
 def _add_image(
-    ds: Dataset, *, iod: str, scan: Scan, frame: np.ndarray, enc: _Encoding | None, window: tuple[str, str] | None
+    ds: Dataset,
+    *,
+    iod: str,
+    scan: Scan,
+    frame: np.ndarray,
+    enc: _Encoding | None,
+    window: tuple[str, str] | None,
+    synthetic: bool,
 ) -> None:
     """Image pixel, image type and the IOD-specific module attributes."""
     third = {"CT": "AXIAL", "MR": "OTHER", "SC": "OTHER"}[iod]
@@ -913,7 +934,7 @@ def _add_image(
         ds.EchoTime = None
         ds.EchoTrainLength = None
     else:
-        ds.ConversionType = "SYN"
+        ds.ConversionType = "SYN" if synthetic else "WSD"  # synthetic image / workstation
 
 
 def _patient_orientation(plane: Plane) -> list[str]:
@@ -932,6 +953,8 @@ def write_dicom(
     case_id: str,
     series_description: str = "medsynth synthetic",
     sop_class: str = "auto",
+    synthetic: bool = True,
+    uid_namespace: str = "",
 ) -> list[Path]:
     """Write ``scan`` as a DICOM series, one file per slice, into ``out_dir``.
 
@@ -951,6 +974,11 @@ def write_dicom(
             PatientName ``SYNTHETIC^<case_id>``); make it unique across datasets.
         series_description: SeriesDescription (at most 64 characters).
         sop_class: ``"auto"`` or ``"sc"`` (force Secondary Capture).
+        synthetic: ``False`` for a converted real scan (``medsynth convert``): SyntheticData
+            NO, an anonymous patient ``ANONYMOUS^<case_id>``, "Processing Equipment" as the
+            contribution, ConversionType WSD; the de-identification marks stay.
+        uid_namespace: mixed into every UID, so equal case ids in different datasets (say,
+            two protocols) never share UIDs; the protocol runner passes the protocol's hash.
 
     Returns:
         The written file paths in slice order (``00001.dcm``, ...).
@@ -982,7 +1010,7 @@ def write_dicom(
     else:
         frames_all = enc.stored
     frames = list(frames_all) if scan.spatial_dims == 3 else [frames_all]
-    uids = _uids(case_id, series_description, iod)
+    uids = _uids(case_id, series_description, iod, uid_namespace)
     plane = geometry.plane
     normal = plane.normal
     names = [f"{i + 1:05d}.dcm" for i in range(len(frames))]
@@ -991,7 +1019,7 @@ def write_dicom(
         for i, frame in enumerate(frames):
             ds = _base_dataset(
                 iod=iod, modality=scan.modality, case_id=case_id,
-                series_description=series_description, uids=uids, index=i,
+                series_description=series_description, uids=uids, index=i, synthetic=synthetic,
             )
             ds.FrameOfReferenceUID = uids[2]
             ds.PositionReferenceIndicator = None
@@ -1013,6 +1041,6 @@ def write_dicom(
             if scan.spatial_dims == 3:
                 ds.SpacingBetweenSlices = _ds(geometry.thickness)
             ds.SliceLocation = _ds(float(pos @ normal))
-            _add_image(ds, iod=iod, scan=scan, frame=frame, enc=enc, window=window)
+            _add_image(ds, iod=iod, scan=scan, frame=frame, enc=enc, window=window, synthetic=synthetic)
             ds.save_as(tmp / names[i], enforce_file_format=True)
     return [out / name for name in names]

@@ -697,3 +697,24 @@ def test_rewriting_a_case_replaces_its_series(tmp_path):
     first = write_dicom(_volume("CT", False, integral=True), tmp_path / "s", case_id="r")
     second = write_dicom(_plane_2d("CT"), tmp_path / "s", case_id="r")
     assert len(first) == 5 and sorted(tmp_path.joinpath("s").iterdir()) == second
+
+
+def test_converted_real_scan_is_not_marked_synthetic(tmp_path):
+    """`convert` writes SyntheticData NO and an anonymous patient; generated output stays YES."""
+    scan = Scan(np.linspace(-500, 500, 2 * 8 * 8, dtype=np.float32).reshape(1, 2, 8, 8), np.diag([2.0, 1.0, 1.0, 1.0]), "CT")
+    synth = write_dicom(scan, tmp_path / "syn", case_id="c1")
+    real = write_dicom(scan, tmp_path / "real", case_id="c1", synthetic=False)
+    a, b = pydicom.dcmread(synth[0]), pydicom.dcmread(real[0])
+    assert (a.SyntheticData, b.SyntheticData) == ("YES", "NO")
+    assert str(b.PatientName) == "ANONYMOUS^c1" and b.PatientIdentityRemoved == "YES"
+    purpose = b.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue
+    assert purpose == "109102"
+
+
+def test_uid_namespace_separates_equal_case_ids(tmp_path):
+    scan = Scan(np.zeros((1, 2, 8, 8), np.float32), np.diag([2.0, 1.0, 1.0, 1.0]), "CT")
+    one = pydicom.dcmread(write_dicom(scan, tmp_path / "a", case_id="c1", uid_namespace="p1")[0])
+    same = pydicom.dcmread(write_dicom(scan, tmp_path / "b", case_id="c1", uid_namespace="p1")[0])
+    other = pydicom.dcmread(write_dicom(scan, tmp_path / "c", case_id="c1", uid_namespace="p2")[0])
+    assert one.SOPInstanceUID == same.SOPInstanceUID
+    assert one.StudyInstanceUID != other.StudyInstanceUID and one.SOPInstanceUID != other.SOPInstanceUID
