@@ -23,6 +23,9 @@ _LAZY = {
     "save_model": "medsynth.models.artifact",
     "LatentDiffusionModel": "medsynth.models.ldm",
     "Synthesizer": "medsynth.sampling",
+    "Protocol": "medsynth.protocol",
+    "validate_protocol": "medsynth.protocol",
+    "generate": "medsynth.protocol",
 }
 
 __all__ = ["__version__", *_LAZY]

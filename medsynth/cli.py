@@ -44,6 +44,270 @@ def _root(
 # --- commands are registered below, one block per library module -------------------------
 
 
+# --- evaluate (medsynth.evaluation): fidelity and downstream utility -------------------------
+evaluate_app = typer.Typer(
+    help="Judge synthetic scans against real ones: fidelity, diversity, conditional accuracy, utility.",
+    no_args_is_help=True,
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("fidelity")
+def _evaluate_fidelity(
+    real: str = typer.Option(..., "--real", help="Real dataset CSV (path,pathology,modality)."),
+    synthetic: str = typer.Option(
+        ..., "--synthetic", help="Synthetic dataset CSV, or a `medsynth generate` output folder."
+    ),
+    out: str = typer.Option(..., "--out", help="Folder for fidelity.json and the PNG plots."),
+    size: int = typer.Option(64, "--size", min=8, help="Side scans are resized to for every figure."),
+    encoder_steps: int = typer.Option(
+        400, "--encoder-steps", min=1, help="Training steps of the feature encoder (batch 32)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the real-data split and the encoder."),
+) -> None:
+    """FID, KID, MMD, precision/recall, MS-SSIM diversity, conditional accuracy; each with a real baseline."""
+    from medsynth.evaluation.fidelity import FidelityConfig, evaluate_fidelity
+    from medsynth.evaluation.sources import load_labelled
+
+    report = evaluate_fidelity(
+        load_labelled(real, role="--real"),
+        load_labelled(synthetic, role="--synthetic"),
+        out,
+        FidelityConfig(in_size=size, encoder_steps=encoder_steps, seed=seed),
+    )
+    fmt = lambda x: "n/a" if x is None else f"{x:.4g}"  # noqa: E731
+    typer.echo(f"{'metric':22s} {'synthetic':>10s} {'real baseline':>14s}")
+    for name, v in report["metrics"].items():
+        typer.echo(f"{name:22s} {fmt(v['synthetic']):>10s} {fmt(v['real_baseline']):>14s}")
+    typer.echo(f"wrote {out}/fidelity.json and {', '.join(report['plots'])}")
+
+
+@evaluate_app.command("utility")
+def _evaluate_utility(
+    train: str = typer.Option(..., "--train", help="Real training dataset CSV."),
+    test: str = typer.Option(..., "--test", help="Real test dataset CSV (subject-disjoint from --train)."),
+    synthetic: str = typer.Option(
+        ..., "--synthetic", help="Synthetic dataset CSV, or a `medsynth generate` output folder."
+    ),
+    out: str = typer.Option(..., "--out", help="Folder for utility.json and the PNG plots."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Training runs per arm (mean and 95% t-interval)."),
+    ratios: Optional[str] = typer.Option(
+        None, "--ratios", help="Comma-separated synthetic:real ratios to sweep, e.g. 0.5,1,2."
+    ),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=1, help="Optimisation steps per run (default: 5 epochs of --train)."
+    ),
+    size: int = typer.Option(64, "--size", min=8, help="Side scans are resized to for the classifier."),
+    seed: int = typer.Option(0, "--seed", help="Base seed."),
+) -> None:
+    """Train the same classifier on real, real+synthetic and synthetic data; score on real test data."""
+    from medsynth.errors import InputError
+    from medsynth.evaluation.sources import load_labelled
+    from medsynth.evaluation.utility import UtilityConfig, evaluate_utility
+
+    ratio_list = None
+    if ratios:
+        try:
+            ratio_list = [float(r) for r in ratios.split(",") if r.strip()]
+        except ValueError:
+            raise InputError(f"--ratios {ratios!r}: expected comma-separated numbers, e.g. 0.5,1,2") from None
+    report = evaluate_utility(
+        load_labelled(train, role="--train"),
+        load_labelled(test, role="--test"),
+        load_labelled(synthetic, role="--synthetic"),
+        out,
+        UtilityConfig(in_size=size, steps=steps, seeds=seeds, seed=seed),
+        ratios=ratio_list,
+    )
+    for name, arm in report["arms"].items():
+        recall = ", ".join(f"{c} {v:.3f}" for c, v in arm["per_class_recall"].items())
+        typer.echo(
+            f"{name:15s} balanced accuracy {arm['balanced_accuracy']:.3f}  AUROC {arm['auroc']:.3f}  recall: {recall}"
+        )
+    typer.echo(f"wrote {out}/utility.json and {', '.join(report['plots'])}")
+
+
+# --- io (medsynth.io): inspect and convert scans -------------------------------------------
+@app.command("inspect")
+def _inspect(
+    paths: list[str] = typer.Argument(..., help="Scan files, DICOM folders or trees of scans."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per scan on stdout."),
+) -> int:
+    """One line per scan: path, modality, 2D/3D, shape, spacing (mm) and orientation code.
+
+    A file that cannot be read is reported on stderr and the rest are still inspected;
+    the exit status is 2 when any failed.
+    """
+    import json
+
+    from medsynth.io import describe_scan, read_scans
+
+    failed = 0
+    for path in paths:
+        for label, item in read_scans(path):
+            if isinstance(item, MedsynthError):
+                failed += 1
+                msg = " ".join(str(item).split())  # one line, whatever the reader wrote
+                msg = msg if msg.startswith(label) else f"{label}: {msg}"
+                typer.echo(f"medsynth: error: {msg}", err=True)
+                continue
+            facts = describe_scan(item)
+            if as_json:
+                typer.echo(json.dumps({"path": label, **facts}))
+            else:
+                typer.echo(
+                    f"{label}  {facts['modality']}  {facts['spatial_dims']}D"
+                    f"  shape={'x'.join(map(str, facts['shape']))}"
+                    f"  spacing={'x'.join(f'{v:g}' for v in facts['spacing'])}mm"
+                    f"  orientation={facts['orientation']}"
+                    + (f"  channels={facts['channels']}" if facts["channels"] > 1 else "")
+                )
+    return 2 if failed else 0
+
+
+@app.command("convert")
+def _convert(
+    src: str = typer.Argument(..., help="A scan file or a DICOM series folder."),
+    dst: str = typer.Argument(..., help="Output file (nifti, png) or folder (dicom)."),
+    fmt: str = typer.Option(..., "--format", help="Output format: nifti, dicom or png (png: 2D only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing destination."),
+) -> None:
+    """Convert one scan between DICOM, NIfTI and PNG; nothing is written when it fails."""
+    from medsynth.io import convert
+
+    written, scan = convert(src, dst, fmt, overwrite=overwrite)
+    typer.echo(f"wrote {written} ({fmt}, {scan.modality} {scan.spatial_dims}D, shape {scan.shape})")
+
+
+# --- protocol (medsynth.protocol): validate, generate, demo, protocol-schema ------------------
+def _run_protocol(protocol: str, out: Optional[str], device: str, as_json: bool, force: bool) -> None:
+    import json
+
+    from medsynth.errors import PrivacyError
+    from medsynth.protocol.progress import JsonProgress, RichProgress
+    from medsynth.protocol.runner import format_summary, generate
+
+    def show(summary: dict) -> None:
+        if as_json:
+            typer.echo(json.dumps({"event": "summary", **summary}, sort_keys=True))
+        else:
+            for line in format_summary(summary):
+                typer.echo(line)
+
+    try:
+        result = generate(
+            protocol, out=out, device=device, force=force, progress=JsonProgress() if as_json else RichProgress()
+        )
+    except PrivacyError as exc:
+        if getattr(exc, "result", None) is not None:
+            show(exc.result.summary)
+        raise
+    if result.summary.get("rank", 0) == 0 and "quotas" in result.summary:
+        show(result.summary)
+
+
+@app.command("validate")
+def _validate(
+    protocol: str = typer.Argument(..., help="The protocol YAML file."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder overriding output.dir (shown only)."),
+) -> None:
+    """Check a protocol completely before any model runs; exit 2 with one line per problem."""
+    from medsynth.protocol.plan import validate_protocol
+
+    plan = validate_protocol(protocol, out=out)
+    p = plan.protocol
+    cases = sum(q.count for q in plan.quotas)
+    typer.echo(f"{protocol}: OK: protocol {p.protocol}, name {p.name}")
+    typer.echo(f"  model {plan.model.id} ({plan.model.spatial_dims}D, {plan.model.kind})")
+    for q in plan.quotas:
+        how = f"extend {len(q.extend.sources)} source(s) at strength {q.extend.strength}" if q.extend else "sample"
+        typer.echo(
+            f"  {q.where}: {q.count} x {q.group}, {q.method} {q.steps} steps, guidance {q.guidance_scale:g}, {how}"
+        )
+    typer.echo(f"  {cases} cases in {len(plan.batches)} batches of at most {p.sampler.batch_size}")
+    typer.echo(f"  formats {', '.join(p.output.formats)} -> {plan.output_dir}")
+    gate = (
+        f"on (quantile {p.privacy.quantile}, on_flag {p.privacy.on_flag})" if p.privacy.gate else "OFF"
+    )
+    typer.echo(f"  privacy gate {gate}")
+
+
+@app.command("generate")
+def _generate(
+    protocol: str = typer.Argument(..., help="The protocol YAML file."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (overrides the protocol's output.dir)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun: each rank's GPU)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable progress: one JSON object per line."),
+    force: bool = typer.Option(False, "--force", help="Discard an existing run in the output folder; start over."),
+) -> None:
+    """Generate exactly the protocol's quotas, gated for memorization; rerun to resume.
+
+    Exit status: 0 success, 2 bad input, 3 the privacy gate failed the run.
+    """
+    _run_protocol(protocol, out, device, as_json, force)
+
+
+@app.command("demo")
+def _demo(
+    out: str = typer.Option("demo-output", "--out", help="Output folder."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable progress lines."),
+) -> None:
+    """Run the shipped demo protocol end to end (2D phantoms, DICOM + NIfTI + PNG, privacy report)."""
+    from medsynth.protocol import DEMO_PROTOCOL
+
+    if not as_json:
+        typer.echo(f"medsynth demo: running {DEMO_PROTOCOL} into {out}")
+    _run_protocol(str(DEMO_PROTOCOL), out, device, as_json, False)
+
+
+@app.command("protocol-schema")
+def _protocol_schema() -> None:
+    """Print the JSON Schema of protocol files (version 1)."""
+    import json
+
+    from medsynth.protocol.schema import protocol_json_schema
+
+    typer.echo(json.dumps(protocol_json_schema(), indent=2, sort_keys=True))
+
+
+# --- training (medsynth.training): train a model directory from a YAML config -----------------
+@app.command("train")
+def _train(
+    config: str = typer.Argument(..., help="Training YAML (see docs/training.md and configs/)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoints in the work folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train an autoencoder and a conditioned latent diffusion model; write the model directory.
+
+    Works under torchrun too: `torchrun --nproc_per_node=N -m medsynth.cli train CONFIG.yaml`.
+    """
+    from medsynth.training.config import load_config
+
+    cfg = load_config(config)  # validate before the slow import of the networks
+    from medsynth.training.pipeline import train
+
+    out = train(cfg, resume=resume, progress=progress, command=f"medsynth train {config}")
+    typer.echo(f"model directory: {out}")
+
+
+# --- built-in phantoms (medsynth.data.phantoms) ---------------------------------------------
+@app.command("phantoms")
+def _phantoms(
+    out: str = typer.Argument(..., help="Output folder: scans named case-NNNNN plus labels.csv."),
+    dim: int = typer.Option(2, "--dim", help="2 (axial slices) or 3 (volumes)."),
+    count: int = typer.Option(..., "--count", help="Number of scans, balanced over pathology x modality."),
+    fmt: str = typer.Option("nifti", "--format", help="nifti, dicom or png (png: 2D only)."),
+    seed: int = typer.Option(0, "--seed", help="Dataset seed; a different seed gives different subjects."),
+    size: int = typer.Option(64, "--size", help="Voxels per axis, 32..256 (field of view 350 mm)."),
+) -> None:
+    """Write built-in chest phantoms (CT and MR; normal, nodule, mass, effusion) and labels.csv."""
+    from medsynth.data.phantoms import phantom_dataset
+
+    labels = phantom_dataset(out, dim=dim, count=count, fmt=fmt, seed=seed, size=size)
+    typer.echo(f"wrote {count} {dim}D phantoms ({fmt}, {size}^{dim}) to {out}; labels: {labels}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)

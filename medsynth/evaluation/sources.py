@@ -1,0 +1,165 @@
+"""Labelled scan sets for evaluation: from a dataset CSV or from a ``medsynth generate`` output dir.
+
+Both fidelity and utility take "SYNTH.csv or OUTPUT_DIR"; this module is the one loader:
+
+* a CSV with columns ``path,pathology,modality`` (the dataset format of ``medsynth.data.catalog``,
+  read through ``Catalog``, so its validation and path rules apply);
+* a folder holding ``manifest.jsonl`` (one JSON object per generated case, with ``pathology``,
+  ``modality`` and ``files`` {format: path relative to the folder}). A case is read from its
+  NIfTI if it has one, else its DICOM series, else its PNG: NIfTI and DICOM keep modality units
+  (HU for CT), a PNG preview does not.
+
+Subjects (from the CSV's ``subject`` column) are kept only in memory, to split real data
+without putting one subject's scans on both sides; they never reach a report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medsynth.errors import InputError
+from medsynth.io.scan import Scan
+
+MANIFEST = "manifest.jsonl"
+# Which file of a generated case to read, best first (see the module docstring for why).
+FORMAT_PREFERENCE = ("nifti", "dicom", "png")
+
+
+@dataclass
+class LabelledScans:
+    """Scans with their pathology label (``|``-joined when several) and modality, in one order.
+
+    Example:
+        >>> s = load_labelled("labels.csv")  # doctest: +SKIP
+        >>> s.classes  # doctest: +SKIP
+        ['effusion/CT', 'normal/CT', 'nodule/CT']
+    """
+
+    scans: list[Scan]
+    pathologies: list[str]
+    modalities: list[str]
+    subjects: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.subjects:
+            self.subjects = [None] * len(self.scans)
+        if not len(self.scans) == len(self.pathologies) == len(self.modalities) == len(self.subjects):
+            raise ValueError("LabelledScans: scans, pathologies, modalities and subjects differ in length")
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    @property
+    def labels(self) -> list[str]:
+        """The joint class of each scan, ``"pathology/modality"``."""
+        return [f"{p}/{m}" for p, m in zip(self.pathologies, self.modalities)]
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted joint classes present."""
+        return sorted(set(self.labels))
+
+    def class_counts(self) -> dict[str, int]:
+        """Joint class -> number of scans."""
+        return dict(sorted(Counter(self.labels).items()))
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3 (every scan agrees: checked on load)."""
+        return self.scans[0].spatial_dims
+
+    def subset(self, indices: Sequence[int]) -> LabelledScans:
+        """The scans at ``indices``, in that order."""
+        idx = list(indices)
+        return LabelledScans(
+            [self.scans[i] for i in idx],
+            [self.pathologies[i] for i in idx],
+            [self.modalities[i] for i in idx],
+            [self.subjects[i] for i in idx],
+        )
+
+    def concat(self, other: LabelledScans) -> LabelledScans:
+        """This set followed by ``other``."""
+        return LabelledScans(
+            self.scans + other.scans,
+            self.pathologies + other.pathologies,
+            self.modalities + other.modalities,
+            self.subjects + other.subjects,
+        )
+
+
+def load_labelled(path: str | Path, *, role: str = "dataset") -> LabelledScans:
+    """Load a dataset CSV or a generate output directory (see the module docstring).
+
+    Args:
+        path: ``labels.csv``-style file, or a folder with ``manifest.jsonl``.
+        role: what the set is for, used in error messages (e.g. ``"--synthetic"``).
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise InputError(
+                f"{role} {p}: folder has no {MANIFEST}; expected a medsynth generate output folder "
+                "or a dataset CSV (path,pathology,modality)"
+            )
+        out = _load_manifest(p / MANIFEST, role)
+    elif p.is_file():
+        out = _load_csv(p)
+    else:
+        raise InputError(f"{role} {p}: no such file or folder; expected a dataset CSV or a generate output folder")
+    if len(out) == 0:
+        raise InputError(f"{role} {p}: holds no scans; expected at least one labelled scan")
+    dims = {s.spatial_dims for s in out.scans}
+    if len(dims) > 1:
+        raise InputError(f"{role} {p}: mixes 2D and 3D scans; evaluate one dimensionality at a time")
+    return out
+
+
+def _load_csv(path: Path) -> LabelledScans:
+    from medsynth.data.catalog import Catalog
+
+    cat = Catalog.from_csv(path)
+    scans = [cat.load(i) for i in range(len(cat))]
+    return LabelledScans(
+        scans,
+        [r.pathology for r in cat.records],
+        [s.modality for s in scans],
+        [r.subject for r in cat.records],
+    )
+
+
+def _load_manifest(manifest: Path, role: str) -> LabelledScans:
+    from medsynth.io import read_scan
+
+    root = manifest.parent
+    scans, paths, mods = [], [], []
+    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{role} {manifest}:{lineno}"
+        try:
+            case = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not a JSON object ({exc.msg}); the manifest is damaged") from None
+        if not isinstance(case, dict) or not {"pathology", "modality", "files"} <= case.keys():
+            raise InputError(f"{where}: expected a JSON object with pathology, modality and files")
+        pathology = case["pathology"]
+        if isinstance(pathology, list):
+            pathology = "|".join(str(v) for v in pathology)
+        files = case["files"] if isinstance(case["files"], dict) else {}
+        fmt = next((f for f in FORMAT_PREFERENCE if f in files), None)
+        if fmt is None:
+            raise InputError(
+                f"{where}: files {sorted(files)} has none of the readable formats {list(FORMAT_PREFERENCE)}"
+            )
+        target = root / str(files[fmt])
+        if not target.exists():
+            raise InputError(f"{where}: listed file {files[fmt]} is missing under {root}")
+        scans.append(read_scan(target, modality=str(case["modality"])))
+        paths.append(str(pathology))
+        mods.append(str(case["modality"]).upper())
+    return LabelledScans(scans, paths, mods)

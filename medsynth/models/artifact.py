@@ -1,0 +1,153 @@
+"""Model directories: save, load, hash; the built-in models.
+
+A model directory holds::
+
+    config.json                 ModelConfig (architecture, vocabularies, preprocessing, scale, scheduler,
+                                training-data fingerprint)
+    autoencoder.safetensors     AutoencoderKL weights
+    unet.safetensors            DiffusionModelUNet weights (the EMA weights after training)
+    conditioner.safetensors     pathology/modality embeddings
+    model_card.md               how it was trained, on what, and how well it does
+    privacy/                    the privacy index (written by medsynth.privacy; kept on re-save)
+
+Weights are safetensors only; pickle-based checkpoints are refused. ``config.weights_dtype``
+may be ``float16`` to halve the files; ``load_model`` casts every tensor back to float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from medsynth.errors import InputError
+from medsynth.io.atomic import atomic_path
+from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
+
+BUILTIN_PREFIX = "builtin:"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+CONFIG_NAME = "config.json"
+CARD_NAME = "model_card.md"
+PRIVACY_DIR = "privacy"
+# file name -> attribute of LatentDiffusionModel
+WEIGHT_FILES = {
+    "autoencoder.safetensors": "autoencoder",
+    "unet.safetensors": "unet",
+    "conditioner.safetensors": "conditioner",
+}
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
+
+
+def builtin_models() -> list[str]:
+    """Names usable as ``builtin:<name>`` (shipped directories that contain a config.json)."""
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def default_card(model: LatentDiffusionModel) -> str:
+    """A minimal model card when the caller gives none (training writes a full one)."""
+    cfg = model.config
+    return (
+        f"# {cfg.name}\n\n"
+        f"- spatial dims: {cfg.spatial_dims}, grid {list(model.preprocessing.size)} at "
+        f"{list(model.preprocessing.spacing)} mm\n"
+        f"- pathologies: {', '.join(cfg.pathologies)}\n- modalities: {', '.join(cfg.modalities)}\n"
+        f"- scheduler: {json.dumps(cfg.scheduler)}\n- training data: {json.dumps(cfg.fingerprint)}\n"
+        f"- created {cfg.created} with medsynth {cfg.medsynth_version}\n"
+    )
+
+
+def save_model(model: LatentDiffusionModel, out_dir: str | Path, *, card: str | None = None) -> Path:
+    """Write ``model`` as a model directory at ``out_dir`` (atomically; an existing ``privacy/`` is kept).
+
+    Returns:
+        The directory written.
+    """
+    out = Path(out_dir)
+    dtype = torch.float16 if model.config.weights_dtype == "float16" else torch.float32
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        for fname, attr in WEIGHT_FILES.items():
+            state = {
+                k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+                for k, v in getattr(model, attr).state_dict().items()
+            }
+            save_file(state, str(tmp / fname), metadata={"format": "pt", "medsynth": model.config.medsynth_version})
+        (tmp / CARD_NAME).write_text(card if card is not None else default_card(model))
+        if (out / PRIVACY_DIR).is_dir():
+            shutil.copytree(out / PRIVACY_DIR, tmp / PRIVACY_DIR)
+    return out
+
+
+def resolve_model_path(path_or_name: str | Path) -> Path:
+    """``builtin:<name>`` or a directory -> the model directory; clear ``InputError`` otherwise."""
+    text = str(path_or_name)
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX) :]
+        available = builtin_models()
+        if name not in available:
+            raise InputError(
+                f"unknown built-in model {text!r}; available: "
+                + (", ".join(BUILTIN_PREFIX + n for n in available) or "none (the package ships no trained models)")
+            )
+        return PRETRAINED_DIR / name
+    path = Path(path_or_name)
+    if path.suffix.lower() in _PICKLE_SUFFIXES or (path.is_file() and path.suffix != ".json"):
+        raise InputError(
+            f"{path}: medsynth loads only safetensors model directories (config.json + *.safetensors); "
+            "pickle-based checkpoints (.pt/.pth/.ckpt/.bin) are refused because loading them can run code"
+        )
+    if not path.is_dir():
+        raise InputError(f"{path}: no such model directory; expected a folder with {CONFIG_NAME} and *.safetensors")
+    if not (path / CONFIG_NAME).is_file():
+        raise InputError(f"{path}: not a model directory: {CONFIG_NAME} is missing")
+    return path
+
+
+def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> LatentDiffusionModel:
+    """Load a model directory or a built-in model (``"builtin:phantom-2d"``), in eval mode, float32.
+
+    Raises:
+        InputError: missing directory/config/weights, a pickle checkpoint, an unknown built-in,
+            or weights that do not fit the config.
+    """
+    path = resolve_model_path(path_or_name)
+    try:
+        raw = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path / CONFIG_NAME}: not readable JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path / CONFIG_NAME}: expected a JSON object")
+    model = LatentDiffusionModel(ModelConfig.from_dict(raw))
+    for fname, attr in WEIGHT_FILES.items():
+        wpath = path / fname
+        if not wpath.is_file():
+            raise InputError(f"{wpath}: missing; a model directory needs {sorted(WEIGHT_FILES)}")
+        try:
+            state = load_file(str(wpath))
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{wpath}: not a readable safetensors file ({exc})") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        try:
+            getattr(model, attr).load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+            raise InputError(f"{wpath}: weights do not match {CONFIG_NAME} ({first})") from None
+    return model.to(device).eval()
+
+
+def model_sha256(path: str | Path) -> str:
+    """SHA-256 over config.json and the weight files (in a fixed order), for manifests."""
+    root = resolve_model_path(path)
+    h = hashlib.sha256()
+    for fname in [CONFIG_NAME, *sorted(WEIGHT_FILES)]:
+        h.update(fname.encode())
+        with open(root / fname, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

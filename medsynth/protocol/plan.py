@@ -1,0 +1,448 @@
+"""From a protocol file to a checked, fixed plan of cases and batches (before any model runs).
+
+``validate_protocol`` reads the protocol (``schema.load_protocol``), then checks it against
+the model's vocabularies (read from its config.json, no weights loaded), the samplers the
+model supports, the data sets it names and the privacy index; every problem becomes one
+line of a ``ProtocolErrors``. The result, a ``RunPlan``, fixes:
+
+* the quotas (explicit, or derived from a dataset's class counts in balance mode);
+* the cases: case ``k`` of class (pathology, modality) is ``<pathology>-<modality>-<k>``
+  (``case_stem``; e.g. ``nodule-CT-00017``),
+  numbered across all quotas of that class, with seed
+  ``derive_seed(protocol seed, pathology, modality, k, attempt)``;
+* the batches: each quota's cases chunked by ``sampler.batch_size``. A batch is the unit of
+  computation, so a resumed or sharded run recomputes whole batches and equals an
+  uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medsynth.errors import MedsynthError
+from medsynth.protocol.schema import ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
+from medsynth.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a protocol needs to know about a model, read from config.json without weights."""
+
+    ref: str  # as written in the protocol
+    path: Path
+    name: str
+    pathologies: tuple[str, ...]
+    modalities: tuple[str, ...]
+    spatial_dims: int
+    kind: str  # "ddpm" (noise schedule) or "rflow"
+    num_train_timesteps: int
+    has_privacy_index: bool
+
+    @property
+    def id(self) -> str:
+        """``builtin:<name>`` for shipped models, else the config's name (never a local path)."""
+        return self.ref if self.ref.startswith("builtin:") else self.name
+
+
+def read_model_info(ref: str, base_dir: Path) -> ModelInfo:
+    """Resolve ``ref`` (``builtin:<name>`` or a folder relative to ``base_dir``) and read its config.
+
+    Raises:
+        InputError: no such model, not a model directory, or an invalid config.json.
+    """
+    from medsynth.errors import InputError
+    from medsynth.models.artifact import CONFIG_NAME, PRIVACY_DIR, resolve_model_path
+    from medsynth.models.ldm import ModelConfig
+
+    target: str | Path = ref if ref.startswith("builtin:") else (base_dir / ref)
+    path = resolve_model_path(target)
+    try:
+        raw = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path / CONFIG_NAME}: not readable JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path / CONFIG_NAME}: expected a JSON object")
+    cfg = ModelConfig.from_dict(raw)
+    privacy = path / PRIVACY_DIR
+    return ModelInfo(
+        ref=ref,
+        path=path,
+        name=cfg.name,
+        pathologies=tuple(cfg.pathologies),
+        modalities=tuple(cfg.modalities),
+        spatial_dims=cfg.spatial_dims,
+        kind=str(cfg.scheduler["kind"]),
+        num_train_timesteps=int(cfg.scheduler["num_train_timesteps"]),
+        has_privacy_index=privacy.is_dir() and any(privacy.iterdir()),
+    )
+
+
+@dataclass(frozen=True)
+class ExtendPlan:
+    """Real source scans a quota varies image-to-image (paths never reach an output)."""
+
+    sources: tuple[Path, ...]
+    strength: float
+
+
+@dataclass(frozen=True)
+class QuotaPlan:
+    """One quota with its effective sampler settings."""
+
+    index: int
+    where: str  # field path for messages, e.g. "quotas[1]" or "balance[nodule/CT]"
+    pathology: str  # '|'-joined when several
+    modality: str
+    count: int
+    method: str
+    steps: int
+    guidance_scale: float
+    extend: ExtendPlan | None = None
+
+    @property
+    def pathologies(self) -> list[str]:
+        return self.pathology.split("|")
+
+    @property
+    def group(self) -> str:
+        """The privacy-index group, ``pathology/modality``."""
+        return f"{self.pathology}/{self.modality}"
+
+    def sampler_settings(self, batch_size: int) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "batch_size": batch_size,
+        }
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """One case: identity, place in the plan and (extend mode) which source it varies."""
+
+    case_id: str
+    quota: int
+    pathology: str
+    modality: str
+    number: int  # k: the case's index within its (pathology, modality) class
+    position: int  # order in the whole plan (the manifest's order)
+    source: int | None = None
+
+    def seed(self, protocol_seed: int, attempt: int) -> int:
+        """The seed of this case's ``attempt`` (0 first; each privacy resample adds one)."""
+        return derive_seed(protocol_seed, self.pathology, self.modality, self.number, attempt)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Cases of one quota sampled together; the unit that a resumed run recomputes whole."""
+
+    index: int
+    quota: int
+    cases: tuple[CasePlan, ...]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated protocol with its model, quotas, cases, batches and output folder."""
+
+    source: ProtocolFile
+    model: ModelInfo
+    quotas: tuple[QuotaPlan, ...]
+    batches: tuple[BatchPlan, ...]
+    output_dir: Path
+
+    @property
+    def protocol(self):  # -> schema.Protocol
+        return self.source.protocol
+
+    @property
+    def cases(self) -> list[CasePlan]:
+        return [c for b in self.batches for c in b.cases]
+
+    @property
+    def plan_sha256(self) -> str:
+        """Hash of everything that decides the output (quotas, settings, batches), for resume checks."""
+        doc = {
+            "seed": self.protocol.seed,
+            "formats": list(self.protocol.output.formats),
+            "batch_size": self.protocol.sampler.batch_size,
+            "privacy": self.protocol.privacy.model_dump(),
+            "quotas": [
+                {**asdict(q), "extend": None if q.extend is None else {
+                    "strength": q.extend.strength, "sources": [str(p) for p in q.extend.sources]}}
+                for q in self.quotas
+            ],
+            "batches": [[c.case_id for c in b.cases] for b in self.batches],
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+# Case ids stay short enough for the DICOM writer (PatientID "SYN-<case_id>": at most 56 characters).
+_MAX_STEM = 32
+
+
+def case_stem(pathology: str, modality: str) -> str:
+    """File-name-safe class prefix of case ids: ``effusion|nodule``, ``CT`` -> ``effusion.nodule-CT``.
+
+    A long prefix is cut and completed with a hash of the whole, so it stays unique.
+    """
+    stem = ".".join(_SLUG.sub("_", p) for p in pathology.split("|")) + "-" + _SLUG.sub("_", modality)
+    if len(stem) > _MAX_STEM:
+        stem = stem[: _MAX_STEM - 9] + "-" + hashlib.sha256(stem.encode()).hexdigest()[:8]
+    return stem if stem[0].isalnum() else "c" + stem
+
+
+class _Collector:
+    """Gathers one-line problems, each prefixed with the protocol file and a field path."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, loc: tuple[Any, ...] | str, message: str) -> None:
+        where = loc if isinstance(loc, str) else format_loc(loc)
+        self.lines.append(f"{self.source}: {where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ProtocolErrors(self.lines)
+
+
+def _unknown(kind: str, value: str, allowed: tuple[str, ...], model: str) -> str:
+    hint = difflib.get_close_matches(value, allowed, n=1)
+    return (
+        f"{value!r} is not a {kind} of model {model}; allowed: {', '.join(allowed)}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    )
+
+
+def _check_class(
+    errs: _Collector, loc: tuple[Any, ...], pathology: str, modality: str, model: ModelInfo
+) -> tuple[str, str] | None:
+    """Canonical (pathology, modality) if both are in the model's vocabularies, else ``None``."""
+    ok = True
+    labels = [p.strip() for p in pathology.split("|")]
+    if len(set(labels)) != len(labels):
+        errs.add((*loc, "pathology"), f"{pathology!r} names a pathology twice")
+        ok = False
+    for label in labels:
+        if label not in model.pathologies:
+            errs.add((*loc, "pathology"), _unknown("pathology", label, model.pathologies, model.ref))
+            ok = False
+    mod = modality.strip().upper()
+    if mod not in model.modalities:
+        errs.add((*loc, "modality"), _unknown("modality", modality, model.modalities, model.ref))
+        ok = False
+    # Sorted, so "nodule|effusion" and "effusion|nodule" are one class with one case numbering.
+    return ("|".join(sorted(labels)), mod) if ok else None
+
+
+def _check_sampler(
+    errs: _Collector, loc: tuple[Any, ...], method: str | None, steps: int, model: ModelInfo, report: bool = True
+) -> str:
+    """The effective sampler name; problems are reported only where the setting was written."""
+    from medsynth.sampling.samplers import DEFAULT_SAMPLER, available_samplers
+
+    name = method or DEFAULT_SAMPLER.get(model.kind, "")
+    allowed = available_samplers(model.kind)
+    if not report:
+        return name
+    if name not in allowed:
+        errs.add(
+            (*loc, "method"),
+            f"{name!r} does not work with model {model.ref} (trained as {model.kind!r}); allowed: {', '.join(allowed)}",
+        )
+    if steps > model.num_train_timesteps:
+        errs.add(
+            (*loc, "steps"),
+            f"{steps} is out of range; model {model.ref} allows 1 to {model.num_train_timesteps} steps",
+        )
+    return name
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _catalog(path: Path):  # -> medsynth.data.catalog.Catalog
+    from medsynth.data.catalog import Catalog
+
+    return Catalog.from_csv(path)
+
+
+def _extend_sources(
+    errs: _Collector, loc: tuple[Any, ...], q: QuotaSpec, cls: tuple[str, str], base: Path
+) -> ExtendPlan | None:
+    assert q.extend is not None
+    spec = q.extend.sources
+    loc = (*loc, "extend", "sources")
+    if isinstance(spec, str):
+        csv = _resolve(base, spec)
+        try:
+            catalog = _catalog(csv)
+        except MedsynthError as exc:
+            errs.add(loc, str(exc))
+            return None
+        pathology, modality = cls
+        paths = tuple(
+            r.path
+            for r in catalog.records
+            if "|".join(sorted(r.pathologies)) == pathology and r.modality.upper() == modality
+        )
+        if not paths:
+            errs.add(loc, f"{csv} has no rows of class {pathology}/{modality} to vary; found {_classes(catalog)}")
+            return None
+        return ExtendPlan(paths, q.extend.strength)
+    paths = tuple(_resolve(base, s) for s in spec)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        errs.add(loc, f"no such scan file or folder: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        return None
+    return ExtendPlan(paths, q.extend.strength)
+
+
+def _classes(catalog: Any) -> str:
+    return ", ".join(f"{p}/{m}" for p, m in sorted(catalog.class_counts())) or "none"
+
+
+def _balance_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo, method: str) -> list[QuotaPlan]:
+    p = source.protocol
+    assert p.balance is not None
+    csv = _resolve(source.base_dir, p.balance.dataset)
+    try:
+        counts = _catalog(csv).class_counts()
+    except MedsynthError as exc:
+        errs.add(("balance", "dataset"), str(exc))
+        return []
+    target = max(counts.values()) if p.balance.target == "majority" else int(p.balance.target)
+    quotas: list[QuotaPlan] = []
+    for (pathology, modality), n in sorted(counts.items()):
+        where = f"balance.dataset class {pathology}/{modality}"
+        cls = _check_class(errs, (where,), pathology, modality, model)
+        if cls is None or n >= target:
+            continue
+        quotas.append(
+            QuotaPlan(
+                index=len(quotas),
+                where=f"balance[{cls[0]}/{cls[1]}]",
+                pathology=cls[0],
+                modality=cls[1],
+                count=target - n,
+                method=method,
+                steps=p.sampler.steps,
+                guidance_scale=p.sampler.guidance_scale,
+            )
+        )
+    return quotas
+
+
+def _explicit_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo) -> list[QuotaPlan]:
+    p = source.protocol
+    assert p.quotas is not None
+    quotas: list[QuotaPlan] = []
+    for i, q in enumerate(p.quotas):
+        loc = ("quotas", i)
+        cls = _check_class(errs, loc, q.pathology, q.modality, model)
+        steps = q.steps if q.steps is not None else p.sampler.steps
+        overridden = q.method is not None or q.steps is not None
+        method = _check_sampler(errs, loc, q.method or p.sampler.method, steps, model, report=overridden)
+        extend = None
+        if q.extend is not None and cls is not None:
+            extend = _extend_sources(errs, loc, q, cls, source.base_dir)
+        if cls is None:
+            continue
+        quotas.append(
+            QuotaPlan(
+                index=i,
+                where=format_loc(loc),
+                pathology=cls[0],
+                modality=cls[1],
+                count=q.count,
+                method=method,
+                steps=steps,
+                guidance_scale=q.guidance_scale if q.guidance_scale is not None else p.sampler.guidance_scale,
+                extend=extend,
+            )
+        )
+    return quotas
+
+
+def plan_cases(quotas: list[QuotaPlan] | tuple[QuotaPlan, ...], batch_size: int) -> tuple[BatchPlan, ...]:
+    """Number the cases per class across quotas, then chunk each quota's cases by ``batch_size``."""
+    numbers: Counter[tuple[str, str]] = Counter()
+    batches: list[BatchPlan] = []
+    position = 0
+    for q in quotas:
+        stem = case_stem(q.pathology, q.modality)
+        cases = []
+        for j in range(q.count):
+            k = numbers[(q.pathology, q.modality)]
+            numbers[(q.pathology, q.modality)] += 1
+            source = None if q.extend is None else j % len(q.extend.sources)
+            cases.append(CasePlan(f"{stem}-{k:05d}", q.index, q.pathology, q.modality, k, position, source))
+            position += 1
+        for start in range(0, len(cases), batch_size):
+            batches.append(BatchPlan(len(batches), q.index, tuple(cases[start : start + batch_size])))
+    return tuple(batches)
+
+
+def output_dir_for(source: ProtocolFile, out: str | Path | None) -> Path:
+    """``--out`` if given, else ``output.dir`` relative to the protocol file, else ``synthetic/<name>``."""
+    if out is not None:
+        return Path(out).expanduser().resolve()
+    p = source.protocol
+    rel = p.output.dir if p.output.dir is not None else f"synthetic/{p.name}"
+    return _resolve(source.base_dir, rel).resolve()
+
+
+def validate_protocol(path: str | Path, *, out: str | Path | None = None) -> RunPlan:
+    """Check a protocol completely (schema, model, vocabularies, samplers, data, privacy index).
+
+    Args:
+        path: the protocol YAML file.
+        out: output folder overriding ``output.dir``.
+
+    Raises:
+        ProtocolError: one line per problem (``ProtocolErrors``); nothing is written.
+    """
+    source = load_protocol(path)
+    p = source.protocol
+    errs = _Collector(str(path))
+    try:
+        model = read_model_info(p.model, source.base_dir)
+    except MedsynthError as exc:
+        # Nothing else can be checked without the model's vocabularies.
+        raise ProtocolErrors([f"{path}: model: {exc}"]) from None
+    method = _check_sampler(errs, ("sampler",), p.sampler.method, p.sampler.steps, model)
+    if "png" in p.output.formats and model.spatial_dims != 2:
+        errs.add(
+            ("output", "formats"),
+            f"png is only for 2D models; model {model.ref} is {model.spatial_dims}D: use dicom and/or nifti",
+        )
+    if p.privacy.gate and not model.has_privacy_index:
+        errs.add(
+            ("privacy", "gate"),
+            f"model {model.ref} has no privacy index ({model.path}/privacy is missing); build one with "
+            "`medsynth privacy-index MODEL_DIR --train TRAIN.csv --holdout HOLDOUT.csv`, or set "
+            "`privacy: {gate: false}` to generate without the memorization check",
+        )
+    quotas = _explicit_quotas(errs, source, model) if p.quotas is not None else _balance_quotas(errs, source, model, method)
+    errs.raise_if_any()
+    batches = plan_cases(quotas, p.sampler.batch_size)
+    ids = Counter(c.case_id for b in batches for c in b.cases)
+    clashes = sorted(i for i, n in ids.items() if n > 1)
+    if clashes:
+        errs.add("quotas", f"pathology names that differ only in punctuation give the same case ids: {clashes[:3]}")
+        errs.raise_if_any()
+    return RunPlan(source, model, tuple(quotas), batches, output_dir_for(source, out))

@@ -1,0 +1,429 @@
+"""The protocol file: a versioned YAML schema, validated by pydantic.
+
+A protocol says which model to sample, how, how many cases of each (pathology, modality)
+class to make, where to write them and how strictly to gate them for memorization. The
+schema is strict on purpose: unknown keys are errors (typos are caught), numbers are not
+coerced (``count: "12"``, ``count: 12.5`` and ``count: true`` are all errors) and YAML is
+read with ``yaml.safe_load`` semantics (tags such as ``!!python/object`` never execute).
+
+This module checks the *shape* of a protocol (``load_protocol``). Checks that need the
+model's vocabularies, the data sets or the file system live in ``medsynth.protocol.validate``.
+
+Example:
+    >>> from medsynth.protocol.schema import parse_protocol_text
+    >>> p = parse_protocol_text('''
+    ... protocol: 1
+    ... name: demo
+    ... model: builtin:phantom-2d
+    ... seed: 7
+    ... quotas: [{pathology: normal, modality: CT, count: 2}]
+    ... ''')
+    >>> p.quotas[0].count, p.sampler.steps, p.privacy.gate
+    (2, 20, True)
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from medsynth.errors import ProtocolError
+
+SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+# Sampler and format names as the rest of medsynth spells them (sampling.samplers registry,
+# io.FORMATS); a test checks that these stay in step.
+SAMPLER_NAMES: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "rflow")
+FORMAT_NAMES: tuple[str, ...] = ("dicom", "nifti", "png")
+MAX_STEPS = 1000
+MAX_GUIDANCE = 20.0  # sampling.synthesizer.GUIDANCE_RANGE
+MAX_BATCH = 4096
+MAX_COUNT = 1_000_000  # per quota: a typo such as 10**9 is an error, not an hours-long plan
+
+SamplerName = Literal["ddpm", "ddim", "dpm++", "rflow"]
+FormatName = Literal["dicom", "nifti", "png"]
+
+
+class ProtocolErrors(ProtocolError):
+    """Several protocol errors at once; printed one per line, each ``medsynth: error:``-prefixed.
+
+    The CLI prefixes the first line itself, so the later lines carry the prefix in the message.
+    """
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(lines)
+        super().__init__("\nmedsynth: error: ".join(self.lines))
+
+
+def _nonblank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _sources(value: Any) -> Any:
+    # A BeforeValidator, so that a wrong type gives one message instead of one per union member.
+    if isinstance(value, str):
+        return _nonblank(value)
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return value
+    raise ValueError("expected a CSV path or a non-empty list of scan paths")
+
+
+def _target(value: Any) -> Any:
+    if value == "majority" or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT):
+        return value
+    raise ValueError(f"expected a whole number from 1 to {MAX_COUNT} or 'majority'")
+
+
+Text = Annotated[str, AfterValidator(_nonblank)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class OutputSpec(_Strict):
+    """Where and in which formats cases are written."""
+
+    dir: Text | None = Field(
+        None,
+        description="Output folder, relative to the protocol file (default synthetic/<name>); "
+        "`medsynth generate --out` overrides it.",
+    )
+    formats: list[FormatName] = Field(
+        default_factory=lambda: ["nifti"],
+        min_length=1,
+        description="Any of dicom, nifti, png (png only for 2D models).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_formats(self) -> "OutputSpec":
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"formats lists a format twice: {self.formats}")
+        return self
+
+
+class SamplerSpec(_Strict):
+    """Sampler settings shared by all quotas (a quota may override method, steps, guidance)."""
+
+    method: SamplerName | None = Field(
+        None,
+        description="ddpm | ddim | dpm++ | rflow, as the model supports; default: the model's own "
+        "(dpm++ for noise-schedule models, rflow for rectified-flow models).",
+    )
+    steps: int = Field(20, ge=1, le=MAX_STEPS, description="Number of inference steps.")
+    guidance_scale: float = Field(3.0, ge=0.0, le=MAX_GUIDANCE, description="Classifier-free guidance scale.")
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH, description="Cases sampled together (affects speed only).")
+
+
+class ExtendSpec(_Strict):
+    """Vary real scans image-to-image instead of sampling from noise."""
+
+    sources: Annotated[Union[str, list[str]], BeforeValidator(_sources)] = Field(
+        description="A dataset CSV (path,pathology,modality; rows of the quota's class are used) "
+        "or a list of scan paths, relative to the protocol file."
+    )
+    strength: float = Field(0.5, gt=0.0, le=1.0, description="Noise strength: 0 keeps the source, 1 ignores it.")
+
+
+class QuotaSpec(_Strict):
+    """How many cases of one (pathology, modality) class to make."""
+
+    pathology: Text = Field(description="A pathology of the model; several joined by '|', e.g. nodule|effusion.")
+    modality: Text = Field(description="A modality of the model, e.g. CT or MR.")
+    count: int = Field(gt=0, le=MAX_COUNT, description="Number of cases (a whole number > 0).")
+    method: SamplerName | None = Field(None, description="Overrides sampler.method for this quota.")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Overrides sampler.steps.")
+    guidance_scale: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE, description="Overrides sampler.guidance_scale.")
+    extend: ExtendSpec | None = None
+
+
+class BalanceSpec(_Strict):
+    """Fill each (pathology, modality) class of a real dataset up to a target count."""
+
+    dataset: Text = Field(description="Dataset CSV (path,pathology,modality), relative to the protocol file.")
+    target: Annotated[Union[int, str], BeforeValidator(_target)] = Field(
+        description="Cases per class after generation (real + synthetic), or 'majority' (the largest class)."
+    )
+
+
+class PrivacySpec(_Strict):
+    """The memorization gate in front of every written case."""
+
+    gate: bool = Field(True, description="Check every case against the model's privacy index.")
+    quantile: float = Field(0.99, gt=0.5, lt=1.0, description="Threshold quantile of holdout-to-train similarity.")
+    on_flag: Literal["resample", "drop", "fail"] = Field(
+        "resample", description="A flagged case is resampled with a new seed, dropped, or fails the run."
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts per case when on_flag is resample.")
+    alpha: float = Field(
+        0.01, gt=0.0, lt=0.5, description="Significance of the flagged-rate test that fails a run (exit 3)."
+    )
+
+
+class Protocol(_Strict):
+    """A generation protocol, schema version 1."""
+
+    protocol: Literal[1] = Field(description="Schema version.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Study name: letters, digits, '.', '_' or '-' (at most 64).",
+    )
+    description: str | None = None
+    model: Text = Field(description="builtin:phantom-2d, builtin:phantom-3d or a model directory.")
+    seed: int = Field(ge=0, lt=2**63, description="Protocol seed; every case seed derives from it.")
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    quotas: list[QuotaSpec] | None = Field(None, min_length=1)
+    balance: BalanceSpec | None = None
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+
+    @model_validator(mode="after")
+    def _quotas_xor_balance(self) -> "Protocol":
+        if (self.quotas is None) == (self.balance is None):
+            raise ValueError("give exactly one of `quotas` (explicit counts) or `balance` (fill a dataset's classes)")
+        return self
+
+    @model_validator(mode="after")
+    def _max_attempts_needs_resample(self) -> "Protocol":
+        if self.privacy.on_flag != "resample" and "max_attempts" in self.privacy.model_fields_set:
+            raise ValueError(
+                f"privacy.max_attempts applies only to on_flag: resample (on_flag is {self.privacy.on_flag!r})"
+            )
+        return self
+
+
+def protocol_json_schema() -> dict[str, Any]:
+    """The JSON Schema of protocol version 1 (what ``medsynth protocol-schema`` prints)."""
+    schema = Protocol.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "medsynth protocol, version 1"
+    return schema
+
+
+# --- reading YAML ------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice (safe_load keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> ProtocolError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if "could not determine a constructor" in str(problem):
+        problem = f"{problem.strip()}: YAML tags are not allowed in a protocol (it is read with yaml.safe_load)"
+    return ProtocolError(f"{source}:{where}: not valid protocol YAML: {' '.join(str(problem).split())}")
+
+
+def read_protocol_mapping(text: str, source: str = "<protocol>") -> dict[str, Any]:
+    """Parse YAML text into the raw mapping, with errors naming ``source`` and the line."""
+    if not text.strip():
+        raise ProtocolError(f"{source}: the file is empty; expected a protocol mapping (see docs/protocols.md)")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    if data is None:
+        raise ProtocolError(f"{source}: the file holds no YAML content; expected a protocol mapping")
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            f"{source}: expected a YAML mapping of keys (protocol:, name:, model:, ...); "
+            f"got a {type(data).__name__}"
+        )
+    return data
+
+
+# --- error messages ----------------------------------------------------------------------------
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """``('quotas', 1, 'count')`` -> ``quotas[1].count``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the mapping at ``loc`` (for listing allowed keys)."""
+    model: Any = Protocol
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _unwrap_model(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_EXPECTED = {
+    "int_type": "expected a whole number (no quotes, no decimals, not true/false)",
+    "float_type": "expected a number (not quoted, not true/false)",
+    "string_type": "expected text",
+    "bool_type": "expected true or false",
+    "list_type": "expected a list",
+    "model_type": "expected a mapping (key: value entries)",
+    "dict_type": "expected a mapping (key: value entries)",
+    "missing": "a required key is missing",
+}
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    """One line for one pydantic error: the field path, the value and what is allowed."""
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    where = format_loc(loc)
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        allowed = sorted(owner.model_fields) if owner else []
+        key = str(loc[-1])
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        msg = f"{where}: unknown key {key!r}"
+        if allowed:
+            msg += f"; allowed keys here: {', '.join(allowed)}"
+        if hint:
+            msg += f" (did you mean {hint[0]!r}?)"
+        return msg
+    if kind == "missing":
+        return f"{where}: {_EXPECTED['missing']}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        msg = f"{where}: {_short(err['input'])} is not allowed; expected one of {expected}"
+        if isinstance(err["input"], bool):
+            msg += " (YAML reads unquoted yes/no/on/off as true/false: quote the value)"
+        return msg
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"{where}: {_short(err['input'])} is out of range; expected a value {op} {bound}"
+    if kind == "string_pattern_mismatch":
+        return (
+            f"{where}: {_short(err['input'])} is not allowed; expected letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 64)"
+        )
+    if kind == "too_short":
+        return f"{where}: expected at least {ctx.get('min_length', 1)} entry; got {_short(err['input'])}"
+    if kind == "value_error":
+        reason = str(ctx.get("error", err["msg"]))
+        if not loc:
+            return reason
+        return f"{where}: {reason} (got {_short(err['input'])})"
+    if kind in _EXPECTED:
+        return f"{where}: {_EXPECTED[kind]}; got {_short(err['input'])}"
+    return f"{where}: {err['msg']}; got {_short(err['input'])}"
+
+
+def _version_check(data: dict[str, Any], source: str) -> None:
+    known = ", ".join(str(v) for v in SCHEMA_VERSIONS)
+    if "protocol" not in data:
+        raise ProtocolError(
+            f"{source}: protocol: a required key is missing; put `protocol: 1` first "
+            f"(schema versions this release reads: {known})"
+        )
+    version = data["protocol"]
+    if isinstance(version, bool) or not isinstance(version, int) or version not in SCHEMA_VERSIONS:
+        raise ProtocolError(
+            f"{source}: protocol: {_short(version)} is not a schema version this release of medsynth "
+            f"knows (known: {known}); upgrade medsynth or rewrite the file for version {SCHEMA_VERSIONS[-1]}"
+        )
+
+
+def parse_protocol_mapping(data: dict[str, Any], source: str = "<protocol>") -> Protocol:
+    """Validate a raw mapping; all schema errors are raised together as ``ProtocolErrors``."""
+    _version_check(data, source)
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        lines = list(dict.fromkeys(f"{source}: {describe_error(e)}" for e in exc.errors()))
+        raise ProtocolErrors(lines) from None
+
+
+def parse_protocol_text(text: str, source: str = "<protocol>") -> Protocol:
+    """Parse and validate protocol YAML text."""
+    return parse_protocol_mapping(read_protocol_mapping(text, source), source)
+
+
+@dataclass(frozen=True)
+class ProtocolFile:
+    """A protocol as read from disk: the validated model plus where it came from."""
+
+    protocol: Protocol
+    path: Path
+    sha256: str  # of the file's bytes, so `sha256sum protocol.yaml` matches the manifest
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the protocol are relative to this folder."""
+        return self.path.parent
+
+
+def load_protocol(path: str | Path) -> ProtocolFile:
+    """Read and shape-check a protocol file (no model or data access).
+
+    Raises:
+        ProtocolError: the file is missing, unreadable, not YAML, not a mapping, or does not
+            match the schema (``ProtocolErrors`` with one line per problem).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ProtocolError(f"{path}: no such protocol file")
+    if path.is_dir():
+        raise ProtocolError(f"{path}: is a folder; expected a protocol YAML file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProtocolError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{path}: is not UTF-8 text; expected a protocol YAML file") from None
+    protocol = parse_protocol_text(text, str(path))
+    return ProtocolFile(protocol=protocol, path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,352 @@
+"""``Synthesizer``: conditioned sampling from a latent diffusion model, diffusers-style.
+
+The loop, top to bottom, for one batch:
+
+1. draw each sample's initial latent noise from its own seed (``derive_seed(seed, i)``);
+2. build the cross-attention context once: ``[null; condition]`` for classifier-free guidance;
+3. for each step: one batched UNet call on ``[z; z]``, ``eps = eps_u + g (eps_c - eps_u)``,
+   then the sampler's step (stochastic samplers use each sample's own generator);
+4. decode the latents (whole, or tile-wise for large 3D volumes) and turn each into a ``Scan``
+   in modality units (HU for CT) on the model grid, with its seed and settings in the metadata.
+
+Because every random draw belongs to one sample, results do not depend on ``batch_size``
+(beyond float rounding of batched convolutions).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsynth.errors import InputError
+from medsynth.io.scan import Scan
+from medsynth.models.ldm import LatentDiffusionModel
+from medsynth.sampling.samplers import (
+    DEFAULT_SAMPLER,
+    Sampler,
+    check_sampler,
+    check_steps,
+    make_sampler,
+)
+from medsynth.sampling.tiling import check_window, decode_tiled
+from medsynth.seeding import derive_seed, torch_generator
+
+GUIDANCE_RANGE = (0.0, 20.0)
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 3.0
+
+Pathology = str | Sequence[str]
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{name}={value!r}: expected a positive integer")
+    return int(value)
+
+
+class Synthesizer:
+    """Generate synthetic scans from a ``LatentDiffusionModel``.
+
+    Args:
+        model: a loaded model, or a model directory / ``"builtin:<name>"`` to load.
+        device: where to sample (default: the model's device).
+        decode_window: latent window edge for tile-wise decoding (3D volumes that do not fit in
+            memory); ``None`` decodes whole latents. See ``medsynth.sampling.tiling``.
+        decode_overlap: fraction of overlap between decoding windows.
+
+    Example:
+        >>> synth = Synthesizer(load_model("builtin:phantom-2d"))          # doctest: +SKIP
+        >>> scans = synth(pathology="nodule", modality="CT", num_samples=16,
+        ...               num_inference_steps=20, guidance_scale=3.0, sampler="dpm++",
+        ...               seed=0, batch_size=16)                          # doctest: +SKIP
+        >>> scans[0].metadata["seed"], scans[0].spacing                   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: LatentDiffusionModel | str | Path,
+        *,
+        device: str | torch.device | None = None,
+        decode_window: int | Sequence[int] | None = None,
+        decode_overlap: float = 0.25,
+    ) -> None:
+        if not isinstance(model, LatentDiffusionModel):
+            from medsynth.models.artifact import load_model
+
+            model = load_model(model)
+        self.device = torch.device(device) if device is not None else model.device
+        self.model = model.to(self.device).eval()
+        check_window(decode_window, decode_overlap, model.spatial_dims)
+        self.decode_window = decode_window
+        self.decode_overlap = float(decode_overlap)
+        self.kind: str = model.config.scheduler["kind"]
+
+    # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler used when none is named: ``dpm++`` (or ``rflow`` for rectified-flow models)."""
+        return DEFAULT_SAMPLER[self.kind]
+
+    def __call__(
+        self,
+        pathology: Pathology,
+        modality: str | None = None,
+        *,
+        num_samples: int = 1,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> list[Scan]:
+        """``num_samples`` scans of one condition; sample ``i`` is seeded by ``derive_seed(seed, i)``.
+
+        Args:
+            pathology: a label of ``model.pathologies``, or a list of them (one scan, several findings).
+            modality: a label of ``model.modalities``; may be left out for a one-modality model.
+            num_samples: how many scans.
+            num_inference_steps: UNet evaluations per sample (1 .. the training timesteps).
+            guidance_scale: classifier-free guidance ``g`` in ``[0, 20]``; 1 = conditional only
+                (one UNet pass per step), 0 = unconditional.
+            sampler: ``"ddpm"``, ``"ddim"``, ``"dpm++"`` or ``"rflow"``; default ``default_sampler``.
+            seed: request seed; per-sample seeds are derived from it.
+            batch_size: samples per UNet call (memory/speed only; results do not depend on it).
+
+        Returns:
+            ``num_samples`` scans on the model grid, in modality units (CT in HU), with metadata
+            ``pathology`` (``"|"``-joined), ``seed`` (the per-sample seed), ``sampler``, ``synthetic``.
+
+        Raises:
+            InputError: an unknown pathology, modality or sampler, or a setting out of range.
+        """
+        n = _positive_int("num_samples", num_samples)
+        self._check_seed(seed)
+        return self.generate(
+            [pathology] * n,
+            [modality] * n,
+            [derive_seed(seed, i) for i in range(n)],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            batch_size=batch_size,
+        )
+
+    def generate(
+        self,
+        pathologies: Sequence[Pathology],
+        modalities: Sequence[str | None],
+        seeds: Sequence[int],
+        *,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        sampler: str | None = None,
+        batch_size: int = 16,
+    ) -> list[Scan]:
+        """One scan per ``(pathology, modality, seed)``: the low-level call with explicit per-sample seeds.
+
+        Sample ``j`` depends only on its own condition, seed and the settings, never on the other
+        items or on ``batch_size``, so a protocol runner can regenerate any case alone (pass the
+        per-sample seed recorded in a scan's metadata to get that scan again).
+
+        Raises:
+            InputError: as ``__call__``; also lists of different lengths.
+        """
+        if not (len(pathologies) == len(modalities) == len(seeds)):
+            raise InputError(
+                f"generate: got {len(pathologies)} pathologies, {len(modalities)} modalities and "
+                f"{len(seeds)} seeds; need one of each per sample"
+            )
+        if not seeds:
+            raise InputError("generate: no samples requested; give at least one (pathology, modality, seed)")
+        labels = [self._check_pathology(p) for p in pathologies]
+        mods = [self._check_modality(m) for m in modalities]
+        for s in seeds:
+            self._check_seed(s)
+        settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
+        scans: list[Scan] = []
+        for lo in range(0, len(seeds), settings["batch_size"]):
+            hi = lo + settings["batch_size"]
+            scans += self._sample(labels[lo:hi], mods[lo:hi], [int(s) for s in seeds[lo:hi]], settings)
+        return scans
+
+    def variation(
+        self,
+        scan: Scan,
+        *,
+        strength: float = 0.5,
+        pathology: Pathology | None = None,
+        modality: str | None = None,
+        num_samples: int = 1,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> list[Scan]:
+        """Image-to-image variations of ``scan`` (SDEdit, Meng et al. 2022, arXiv:2108.01073).
+
+        The scan is resampled to the model grid and normalised (``preprocessing.to_model``),
+        encoded (posterior mean), noised to the level of step ``n - int(n * strength)`` and
+        denoised for the remaining ``int(n * strength)`` steps under the (possibly new) condition.
+        ``strength=0`` returns the autoencoder's reconstruction; ``strength=1`` is almost a fresh
+        sample. The returned scans are on the **model grid** (its spacing, size and canonical
+        axial orientation, centred at the origin), not on the input scan's grid.
+
+        Args:
+            scan: the source scan (its dimensionality must match the model's).
+            strength: in ``[0, 1]``: how far from ``scan`` the variations may move.
+            pathology: condition for the variations; default the scan's ``metadata["pathology"]``.
+            modality: default ``scan.modality`` (a different one translates between modalities).
+            num_samples, num_inference_steps, guidance_scale, sampler, seed, batch_size: as ``__call__``.
+
+        Raises:
+            InputError: a bad strength, a scan the model cannot take, or the settings of ``__call__``.
+        """
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
+            raise InputError(f"strength={strength!r}: expected a number in [0, 1] (0 = reconstruction, 1 = new sample)")
+        if pathology is None:
+            found = scan.metadata.get("pathology")
+            if not found:
+                raise InputError(
+                    "variation: the scan has no metadata['pathology']; pass pathology= "
+                    f"(one or more of {self.model.pathologies})"
+                )
+            pathology = str(found).split("|")
+        label = self._check_pathology(pathology)
+        mod = self._check_modality(modality if modality is not None else scan.modality)
+        n = _positive_int("num_samples", num_samples)
+        self._check_seed(seed)
+        settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
+        with torch.inference_mode():
+            x = self.model.preprocessing.to_model(scan).unsqueeze(0).to(self.device)
+            z0 = self.model.encode(x)
+        seeds = [derive_seed(seed, i) for i in range(n)]
+        scans: list[Scan] = []
+        for lo in range(0, n, settings["batch_size"]):
+            chunk = seeds[lo : lo + settings["batch_size"]]
+            scans += self._sample([label] * len(chunk), [mod] * len(chunk), chunk, settings, z0=z0, strength=strength)
+        return scans
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _sample(
+        self,
+        pathologies: list[list[str]],
+        modalities: list[str],
+        seeds: list[int],
+        settings: dict[str, Any],
+        *,
+        z0: torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> list[Scan]:
+        model, device, b = self.model, self.device, len(seeds)
+        sampler: Sampler = make_sampler(
+            settings["sampler"], model.make_scheduler(), self.kind, settings["steps"], model.latent_shape
+        )
+        steps = len(sampler.timesteps)
+        # SDEdit runs the last int(n * strength) steps (diffusers' img2img convention).
+        start = steps - int(steps * strength) if z0 is not None else 0
+
+        # 1. Per-sample randomness. The initial noise is drawn on the CPU, so it is the same on
+        #    every device; step noise (DDPM) needs generators on the device that draws it.
+        noise = torch.stack(
+            [torch.randn(model.latent_shape, generator=torch_generator(s, "initial-noise")) for s in seeds]
+        ).to(device)
+        step_gens = [torch_generator(s, "step-noise", device=device) for s in seeds]
+        if z0 is None:
+            z = noise
+        elif start < steps:
+            sampler.begin(start)
+            z = sampler.add_noise(z0.expand(b, *z0.shape[1:]), noise, start)
+        else:  # strength 0: nothing to denoise
+            z = z0.expand(b, *z0.shape[1:]).clone()
+
+        # 2. Context once per batch: [null; condition] when guiding, one UNet pass when g == 1.
+        g = settings["guidance_scale"]
+        cond = model.context(pathologies, modalities)
+        guided = g != 1.0
+        context = torch.cat([model.conditioner.null(b).to(cond), cond]) if guided else cond
+        timesteps = sampler.timesteps.to(device)
+        if timesteps.is_floating_point():  # rectified flow without discrete timesteps
+            timesteps = timesteps.float()
+
+        # 3. Denoise. The timestep goes in as shape (1,): the UNet broadcasts its embedding over
+        #    the batch (as MONAI's own inferer does), so it is computed once per step, not per item.
+        for i in range(start, steps):
+            t = timesteps[i : i + 1]
+            if guided:
+                out_u, out_c = model(torch.cat([z, z]), t, context).chunk(2)
+                out = out_u + g * (out_c - out_u)
+            else:
+                out = model(z, t, context)
+            z = sampler.step(out, i, z, step_gens)
+
+        # 4. Decode and wrap as Scans in modality units on the model grid.
+        x = self._decode(z)
+        meta = {"synthetic": True, "source_format": "synthetic", "sampler": sampler.name}
+        return [
+            model.preprocessing.from_model(
+                x[j], modalities[j], pathology="|".join(pathologies[j]), seed=seeds[j], **meta
+            )
+            for j in range(b)
+        ]
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.decode_window is None:
+            return self.model.decode(z)
+        return decode_tiled(self.model.decode, z, window=self.decode_window, overlap=self.decode_overlap)
+
+    # -- argument checks (all before any work, so nothing is half done) -------------------------
+
+    def _check_pathology(self, pathology: object) -> list[str]:
+        labels = [pathology] if isinstance(pathology, str) else pathology
+        if not isinstance(labels, Sequence) or isinstance(labels, str) or not labels:
+            raise InputError(
+                f"pathology={pathology!r}: expected a label or a non-empty list of labels from {self.model.pathologies}"
+            )
+        for label in labels:
+            if label not in self.model.pathologies:
+                raise InputError(f"unknown pathology {label!r}; this model knows {self.model.pathologies}")
+        return [str(label) for label in labels]
+
+    def _check_modality(self, modality: object) -> str:
+        if modality is None:
+            if len(self.model.modalities) == 1:
+                return self.model.modalities[0]
+            raise InputError(f"modality is required for this model; choose one of {self.model.modalities}")
+        # Modality codes are upper-case DICOM codes; Scan and the conditioner compare them so.
+        if not isinstance(modality, str) or modality.upper() not in self.model.modalities:
+            raise InputError(f"unknown modality {modality!r}; this model knows {self.model.modalities}")
+        return modality.upper()
+
+    @staticmethod
+    def _check_seed(seed: object) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise InputError(f"seed={seed!r}: expected a non-negative integer")
+
+    def _check_settings(
+        self, sampler: str | None, steps: object, guidance_scale: object, batch_size: object
+    ) -> dict[str, Any]:
+        name = self.default_sampler if sampler is None else sampler
+        check_sampler(name, self.kind)
+        n = check_steps(steps, int(self.model.config.scheduler["num_train_timesteps"]))
+        lo, hi = GUIDANCE_RANGE
+        ok = isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, bool)
+        if not ok or not math.isfinite(guidance_scale) or not lo <= guidance_scale <= hi:  # type: ignore[arg-type]
+            raise InputError(
+                f"guidance_scale={guidance_scale!r}: expected a number in [{lo:g}, {hi:g}] "
+                "(1 = no guidance, 3 is a good default)"
+            )
+        return {
+            "sampler": name,
+            "steps": n,
+            "guidance_scale": float(guidance_scale),  # type: ignore[arg-type]
+            "batch_size": _positive_int("batch_size", batch_size),
+        }

@@ -1,0 +1,293 @@
+"""The training configuration (YAML -> pydantic); unknown keys are errors.
+
+Every section forbids unknown keys, so a typo fails at load time with a one-line
+``InputError`` naming the file and the field. Relative paths are resolved against the
+folder of the YAML file, so a config can travel with its data.
+
+Example (``configs/phantom-2d.yaml`` is a full one)::
+
+    name: phantom-2d
+    data: {phantoms: {dim: 2, count: 1600, seed: 0, size: 64}}
+    preprocessing: {size: [64, 64]}
+    stage1: {steps: 1500, batch_size: 16, lr: 2.0e-4}
+    stage2: {steps: 3000, batch_size: 32, lr: 2.0e-4}
+    output_dir: out/phantom-2d
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medsynth.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PhantomData(_Strict):
+    """Generate the built-in phantoms (``medsynth.data.phantoms.phantom_dataset``) into the work folder."""
+
+    dim: Literal[2, 3]
+    count: int = Field(ge=8)
+    seed: int = 0
+    size: int = Field(default=64, ge=16, le=256)
+    fmt: Literal["nifti", "dicom", "png"] = "nifti"
+
+
+class DataConfig(_Strict):
+    """Exactly one of ``labels`` (a labels.csv) or ``phantoms``."""
+
+    labels: Path | None = None
+    phantoms: PhantomData | None = None
+    # used only when labels.csv has no split column: patient-disjoint fractions
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.labels is None) == (self.phantoms is None):
+            raise ValueError("give exactly one of 'labels' (a labels.csv path) or 'phantoms' ({dim, count, ...})")
+        return self
+
+
+class PreprocessingConfig(_Strict):
+    """The model grid. ``spacing`` None: the first training scan's field of view divided by ``size``.
+
+    ``intensity`` None per modality: CT linear [-1000, 1000] HU; any other modality linear between
+    the 0.5th and 99.5th percentiles of its training intensities (rounded), recorded in config.json.
+    """
+
+    size: list[int] = Field(min_length=2, max_length=3)
+    spacing: list[float] | None = None
+    intensity: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    slice_thickness: float | None = None
+
+
+class AutoencoderConfig(_Strict):
+    """``monai.networks.nets.AutoencoderKL`` sizes."""
+
+    channels: list[int] = Field(default=[32, 64, 64], min_length=2)
+    latent_channels: int = Field(default=4, ge=1)
+    num_res_blocks: int = Field(default=1, ge=1)
+    attention_levels: list[bool] | None = None  # None: no attention anywhere
+    norm_num_groups: int = 16
+    with_nonlocal_attn: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        levels = self.attention_levels or [False] * len(self.channels)
+        if len(levels) != len(self.channels):
+            raise InputError(
+                f"autoencoder.attention_levels: need {len(self.channels)} entries (one per channel level); got {levels}"
+            )
+        return {
+            "channels": list(self.channels),
+            "latent_channels": self.latent_channels,
+            "num_res_blocks": self.num_res_blocks,
+            "attention_levels": list(levels),
+            "norm_num_groups": self.norm_num_groups,
+            "with_encoder_nonlocal_attn": self.with_nonlocal_attn,
+            "with_decoder_nonlocal_attn": self.with_nonlocal_attn,
+        }
+
+
+class UNetConfig(_Strict):
+    """``monai.networks.nets.DiffusionModelUNet`` sizes; ``cond_dim`` is the cross-attention width."""
+
+    channels: list[int] = Field(default=[64, 128, 128], min_length=2)
+    attention_levels: list[bool] = Field(default=[False, True, True])
+    num_res_blocks: int = Field(default=1, ge=1)
+    num_head_channels: int = 32
+    norm_num_groups: int = 32
+    transformer_num_layers: int = 1
+    cond_dim: int = Field(default=64, ge=1)
+
+    def kwargs(self) -> dict[str, Any]:
+        if len(self.attention_levels) != len(self.channels):
+            raise InputError(
+                f"unet.attention_levels: need {len(self.channels)} entries (one per channel level); "
+                f"got {self.attention_levels}"
+            )
+        if not any(self.attention_levels):
+            raise InputError("unet.attention_levels: at least one level needs attention to carry the conditioning")
+        return {
+            "channels": list(self.channels),
+            "attention_levels": list(self.attention_levels),
+            "num_res_blocks": self.num_res_blocks,
+            "num_head_channels": self.num_head_channels,
+            "norm_num_groups": self.norm_num_groups,
+            "transformer_num_layers": self.transformer_num_layers,
+        }
+
+
+class _StageCommon(_Strict):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(default=16, ge=1)  # per process and micro-batch
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+
+class Stage1Config(_StageCommon):
+    """Autoencoder: L1 + ``kl_weight`` * KL, optional patch adversarial loss (``adv_weight`` > 0)."""
+
+    kl_weight: float = Field(default=1e-6, ge=0)
+    # Train on random crops of this size (the autoencoder is convolutional; 3D crops make stage 1
+    # several times cheaper). None: whole images. Validation always uses whole images.
+    patch_size: list[int] | None = None
+    adv_weight: float = Field(default=0.0, ge=0)
+    adv_start: int = Field(default=0, ge=0)  # steps of plain L1+KL before the discriminator joins
+    disc_lr: float = Field(default=2e-4, gt=0)
+    disc_channels: int = Field(default=32, ge=1)
+    disc_layers: int = Field(default=2, ge=1)
+
+
+class SchedulerConfig(_Strict):
+    """The noise schedule (MONAI ``DDPMScheduler`` names) or rectified flow (``RFlowScheduler``)."""
+
+    kind: Literal["ddpm", "rflow"] = "ddpm"
+    num_train_timesteps: int = Field(default=1000, ge=2)
+    schedule: Literal["linear_beta", "scaled_linear_beta", "cosine"] = "scaled_linear_beta"
+    beta_start: float = Field(default=0.0015, gt=0)
+    beta_end: float = Field(default=0.0195, gt=0)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+
+
+class Stage2Config(_StageCommon):
+    """Latent diffusion. ``cond_drop``: both tokens null; ``token_drop``: each token null on its own."""
+
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    cond_drop: float = Field(default=0.12, ge=0, lt=1)
+    token_drop: float = Field(default=0.05, ge=0, lt=1)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    preview_guidance: float = Field(default=3.0, ge=1)
+    preview_steps: int = Field(default=25, ge=1)
+
+
+class TrainConfig(_Strict):
+    """A full training run: data, grid, model sizes, the two stages, bookkeeping."""
+
+    name: str = "medsynth-ldm"
+    data: DataConfig
+    preprocessing: PreprocessingConfig
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    stage1: Stage1Config
+    stage2: Stage2Config
+    output_dir: Path
+    work_dir: Path | None = None  # checkpoints, generated phantoms, previews; default <output_dir>.work
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
+    threads: int | None = Field(default=None, ge=1)  # torch intra-op threads per process (None: torch default)
+    checkpoint_every: int = Field(default=250, ge=1)
+    val_every: int = Field(default=250, ge=1)
+    sample_every: int = Field(default=1000, ge=1)
+    log_every: int = Field(default=50, ge=1)
+    early_stopping_patience: int = Field(default=0, ge=0)  # validations without improvement; 0 = off
+    weights_dtype: Literal["float32", "float16"] = "float32"
+    build_privacy_index: bool = True
+
+    @model_validator(mode="after")
+    def _grid(self) -> "TrainConfig":
+        dims = len(self.preprocessing.size)
+        if self.data.phantoms is not None and self.data.phantoms.dim != dims:
+            raise ValueError(
+                f"preprocessing.size has {dims} values but data.phantoms.dim is {self.data.phantoms.dim}"
+            )
+        down = 2 ** (len(self.autoencoder.channels) - 1)
+        patch = self.stage1.patch_size
+        if patch is not None and (
+            len(patch) != dims or any(p % down or p > s for p, s in zip(patch, self.preprocessing.size))
+        ):
+            raise ValueError(
+                f"stage1.patch_size {patch} needs {dims} values, each divisible by {down} and at most "
+                f"preprocessing.size {self.preprocessing.size}"
+            )
+        if any(s % down for s in self.preprocessing.size):
+            raise ValueError(
+                f"preprocessing.size {self.preprocessing.size} must be divisible by the autoencoder "
+                f"downsampling factor {down} (2 ** (len(autoencoder.channels) - 1))"
+            )
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.preprocessing.size)
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir or self.output_dir.with_name(self.output_dir.name + ".work")
+
+    def fingerprint(self, stage: str = "stage2") -> str:
+        """Hash of the settings that decide a stage's weights (bookkeeping fields excluded).
+
+        A checkpoint only resumes under the same fingerprint. Stage 1 depends on the data, the
+        grid, the autoencoder and its own settings only, so a finished autoencoder survives a
+        change of the diffusion settings; stage 2 depends on everything.
+        """
+        d = self.model_dump(mode="json", exclude={"output_dir", "work_dir", "device", "threads", "log_every",
+                                                 "sample_every", "checkpoint_every", "build_privacy_index",
+                                                 "name", "weights_dtype"})
+        if stage == "stage1":
+            d = {k: d[k] for k in ("data", "preprocessing", "autoencoder", "stage1", "seed", "precision",
+                                   "val_every", "early_stopping_patience")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key; check the spelling against docs/training.md"
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def _resolve(p: Path | None, base: Path) -> Path | None:
+    return None if p is None else (p if p.is_absolute() else (base / p))
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config") -> TrainConfig:
+    """Validate a config dict; relative paths are resolved against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping of settings at the top level; got {type(data).__name__}")
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_format_error(source, exc)) from None
+    base = base_dir or Path.cwd()
+    cfg.output_dir = _resolve(cfg.output_dir, base)  # type: ignore[assignment]
+    cfg.work_dir = _resolve(cfg.work_dir, base)
+    cfg.data.labels = _resolve(cfg.data.labels, base)
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a training YAML.
+
+    Raises:
+        InputError: unreadable file, bad YAML or a setting that does not validate (one line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the training config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}") from None
+    return parse_config(data, base_dir=path.resolve().parent, source=str(path))

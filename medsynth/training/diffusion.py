@@ -1,0 +1,243 @@
+"""Stage 2: conditioned diffusion in the autoencoder's latent space.
+
+The latents of the training set are encoded once (posterior mean and sigma) with the
+trained autoencoder; each step draws ``z = mu + sigma * eps``, scales it by
+``scale_factor = 1 / std(z)`` (computed once over the training set), noises it, and regresses
+the UNet output on the target of the configured objective:
+
+* ``ddpm`` + ``epsilon``: the noise; ``ddpm`` + ``v_prediction``: ``scheduler.get_velocity``;
+* ``rflow``: the flow velocity ``z0 - noise`` (MONAI ``RFlowScheduler`` convention, where
+  ``x_t = (1 - t/T) z0 + (t/T) noise``).
+
+Condition dropout for classifier-free guidance: with probability ``cond_drop`` both tokens are
+replaced by their null embeddings, and each token is also dropped alone with ``token_drop``.
+The UNet and the conditioner are trained together and averaged together in the EMA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.networks.schedulers import DDIMScheduler, Scheduler
+from torch import nn
+
+from medsynth.models.conditioning import Conditioner
+from medsynth.models.ldm import LatentDiffusionModel
+from medsynth.seeding import torch_generator
+from medsynth.training.config import Stage2Config
+from medsynth.training.distributed import BatchOrder, mean_across_ranks, wrap
+from medsynth.training.loop import RunContext, StageSpec, make_ema, save_grid_png
+
+Labels = Sequence[str | Sequence[str]]
+
+
+class Denoiser(nn.Module):
+    """Conditioner + UNet as one module, so that DDP and the EMA see both."""
+
+    def __init__(self, unet: nn.Module, conditioner: Conditioner) -> None:
+        super().__init__()
+        self.unet = unet
+        self.conditioner = conditioner
+
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        pathologies: Labels,
+        modalities: Sequence[str],
+        drop_pathology: torch.Tensor | None = None,
+        drop_modality: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        ctx = self.conditioner(pathologies, modalities, drop_pathology, drop_modality)
+        return self.unet(z_t, timesteps=t, context=ctx)
+
+
+@torch.no_grad()
+def encode_dataset(model: LatentDiffusionModel, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior ``(mu, sigma)`` of every image, unscaled, with the autoencoder in eval mode."""
+    ae = model.autoencoder
+    if not len(x):
+        shape = (0, *model.latent_shape)
+        return torch.zeros(shape, device=x.device), torch.ones(shape, device=x.device)
+    was_training = ae.training
+    ae.eval()
+    mus, sigmas = [], []
+    for i in range(0, len(x), batch_size):
+        mu, sigma = ae.encode(x[i : i + batch_size])
+        mus.append(mu)
+        sigmas.append(sigma)
+    ae.train(was_training)
+    return torch.cat(mus), torch.cat(sigmas)
+
+
+def compute_scale_factor(mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> float:
+    """``1 / std`` of sampled latents over the training set (Rombach et al. 2022, sec. 4.3 / app. G)."""
+    g = torch_generator(seed, "scale_factor", device=mu.device)
+    z = mu + sigma * torch.randn(mu.shape, generator=g, device=mu.device, dtype=mu.dtype)
+    return float(1.0 / z.float().std())
+
+
+def sample_train_timesteps(model: LatentDiffusionModel, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Uniform training timesteps from ``g`` (RFlowScheduler's own sampler uses the global RNG)."""
+    cfg = model.config.scheduler
+    T = int(cfg["num_train_timesteps"])
+    if cfg["kind"] == "rflow" and not cfg.get("use_discrete_timesteps", True):
+        return torch.rand(n, generator=g, device=device) * T
+    return torch.randint(0, T, (n,), generator=g, device=device).long()
+
+
+def training_target(
+    model: LatentDiffusionModel, scheduler: Scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet regresses on, for the model's objective."""
+    cfg = model.config.scheduler
+    if cfg["kind"] == "rflow":
+        return z0 - noise
+    if cfg["prediction_type"] == "v_prediction":
+        return scheduler.get_velocity(z0, noise, t)
+    return noise
+
+
+@torch.no_grad()
+def preview_samples(
+    model: LatentDiffusionModel,
+    denoiser: Denoiser,
+    pathologies: Labels,
+    modalities: Sequence[str],
+    *,
+    steps: int,
+    guidance: float,
+    seed: int,
+) -> torch.Tensor:
+    """A few guided samples for the training previews (deterministic DDIM, or Euler for rflow).
+
+    The full samplers live in ``medsynth.sampling``; this small loop only shows progress.
+    """
+    device = next(denoiser.parameters()).device
+    n = len(pathologies)
+    cfg = model.config.scheduler
+    g = torch_generator(seed, "preview", device=device)
+    z = torch.randn((n, *model.latent_shape), generator=g, device=device)
+    if cfg["kind"] == "rflow":
+        sched: Scheduler = model.make_scheduler()
+        sched.set_timesteps(steps, device=device, input_img_size_numel=int(torch.tensor(model.latent_shape[1:]).prod()))
+    else:
+        extra = {} if cfg["schedule"] == "cosine" else {"beta_start": cfg["beta_start"], "beta_end": cfg["beta_end"]}
+        sched = DDIMScheduler(
+            num_train_timesteps=int(cfg["num_train_timesteps"]), schedule=cfg["schedule"],
+            prediction_type=cfg["prediction_type"], clip_sample=False, **extra,
+        )
+        sched.set_timesteps(steps, device=device)
+    cond = denoiser.conditioner(pathologies, modalities)
+    ctx = torch.cat([denoiser.conditioner.null(n), cond])
+    timesteps = list(sched.timesteps)
+    for i, t in enumerate(timesteps):
+        tt = torch.full((2 * n,), int(t), device=device, dtype=torch.long)
+        out_u, out_c = denoiser.unet(torch.cat([z, z]), timesteps=tt, context=ctx).chunk(2)
+        out = out_u + guidance * (out_c - out_u)
+        if cfg["kind"] == "rflow":
+            nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
+            z, _ = sched.step(out, t, z, nxt)
+        else:
+            z, _ = sched.step(out, t, z)
+    return model.decode(z)
+
+
+def build_stage2(
+    model: LatentDiffusionModel,
+    train: tuple[torch.Tensor, torch.Tensor, Labels, Sequence[str]],
+    val: tuple[torch.Tensor, torch.Tensor, Labels, Sequence[str]],
+    cfg: Stage2Config,
+    run: RunContext,
+) -> tuple[StageSpec, Denoiser]:
+    """The diffusion stage as a ``StageSpec``; also returns the EMA denoiser (weights to ship).
+
+    Args:
+        model: the model, with a trained autoencoder and ``config.scale_factor`` set.
+        train, val: ``(mu, sigma, pathologies, modalities)``: unscaled latent posteriors and labels.
+    """
+    denoiser = Denoiser(model.unet, model.conditioner)
+    wrapped = wrap(denoiser, run.dist)
+    ema = make_ema(denoiser, cfg.ema_decay)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = model.make_scheduler()
+    mu, sigma, paths, mods = train
+    order = BatchOrder(len(mu), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed + 1)
+    sf = model.scale_factor
+
+    def loss_on(
+        net: nn.Module, idx: Sequence[int], data: tuple, g: torch.Generator, drop: bool
+    ) -> torch.Tensor:
+        m, s, p, mo = data
+        b = len(idx)
+        z0 = (m[idx] + s[idx] * torch.randn(m[idx].shape, generator=g, device=run.device)) * sf
+        noise = torch.randn(z0.shape, generator=g, device=run.device)
+        t = sample_train_timesteps(model, b, g, run.device)
+        z_t = scheduler.add_noise(z0, noise, t)
+        drop_p = drop_m = None
+        if drop:
+            both = torch.rand(b, generator=g, device=run.device) < cfg.cond_drop
+            drop_p = both | (torch.rand(b, generator=g, device=run.device) < cfg.token_drop)
+            drop_m = both | (torch.rand(b, generator=g, device=run.device) < cfg.token_drop)
+        with run.autocast():
+            pred = net(z_t, t, [p[i] for i in idx], [mo[i] for i in idx], drop_p, drop_m)
+        return F.mse_loss(pred.float(), training_target(model, scheduler, z0, noise, t).float())
+
+    def train_step(step: int) -> dict[str, float]:
+        wrapped.train()
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for k in range(cfg.grad_accum):
+            g = torch_generator(run.seed, "stage2", step, k, run.dist.rank, device=run.device)
+            skip_sync = k < cfg.grad_accum - 1 and hasattr(wrapped, "no_sync")
+            with wrapped.no_sync() if skip_sync else nullcontext():
+                loss = loss_on(wrapped, order(step, k), train, g, drop=True)
+                run.backward(loss / cfg.grad_accum)
+            total += float(loss.detach()) / cfg.grad_accum
+        run.step(opt, denoiser.parameters(), cfg.grad_clip)
+        run.scaler.update()
+        return {"mse": total}
+
+    @torch.no_grad()
+    def validate() -> float:
+        net = ema.module
+        net.eval()
+        vm = val[0]
+        mine = list(range(run.dist.rank, len(vm), run.dist.world_size))
+        total, n = 0.0, 0
+        # Fixed noise and timesteps, so successive validations are comparable.
+        g = torch_generator(run.seed, "stage2-val", run.dist.rank, device=run.device)
+        for i in range(0, len(mine), cfg.batch_size):
+            idx = mine[i : i + cfg.batch_size]
+            total += float(loss_on(net, idx, val, g, drop=False)) * len(idx)
+            n += len(idx)
+        return mean_across_ranks(total / max(n, 1), run.dist)
+
+    @torch.no_grad()
+    def preview(step: int, path: Path) -> None:
+        classes = [(p, m) for m in model.modalities for p in model.pathologies]
+        imgs = preview_samples(
+            model, ema.module, [p for p, _ in classes], [m for _, m in classes],
+            steps=cfg.preview_steps, guidance=cfg.preview_guidance, seed=run.seed,
+        )
+        save_grid_png(imgs, path, ncol=len(model.pathologies))
+
+    spec = StageSpec(
+        name="stage2",
+        steps=cfg.steps,
+        modules={"denoiser": denoiser},
+        optimizers={"denoiser": opt},
+        base_lrs={"denoiser": cfg.lr},
+        warmup_steps=cfg.warmup_steps,
+        min_lr_ratio=cfg.min_lr_ratio,
+        train_step=train_step,
+        ema=ema,
+        ema_source=denoiser,
+        validate=validate if len(val[0]) else None,
+        preview=preview,
+    )
+    return spec, ema.module

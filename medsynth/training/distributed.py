@@ -1,0 +1,130 @@
+"""torchrun support: process group, DDP wrapping, per-rank batches, rank-0-only side effects.
+
+One process runs as a world of size 1 with the same code path. Under ``torchrun`` the
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...) selects the rank;
+the backend is NCCL on GPUs and gloo on CPU. Each rank draws its batch from
+``torch.utils.data.DistributedSampler`` (disjoint shards of one seeded permutation per epoch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+
+@dataclass
+class DistContext:
+    """Who this process is."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the torchrun process group if the environment asks for one; else a world of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    ctx = DistContext(rank, world, local_rank, dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        ctx.initialised_here = True
+    return ctx
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group if ``init_distributed`` joined it."""
+    if ctx.initialised_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP-wrap ``module`` when distributed (gradients averaged across ranks); unchanged otherwise."""
+    if not ctx.distributed:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def mean_across_ranks(value: float, ctx: DistContext) -> float:
+    """The average of a float over ranks (validation losses)."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return float(t.item()) / ctx.world_size
+
+
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank if it is True on any (a stop signal)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+class BatchOrder:
+    """Which dataset indices micro-batch ``k`` of optimizer step ``step`` uses on this rank.
+
+    A pure function of (seed, step, k, rank): no iterator state, so a resumed run sees exactly
+    the batches an uninterrupted run would. Each epoch is one ``DistributedSampler`` permutation.
+    """
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, ctx: DistContext, seed: int) -> None:
+        if n < batch_size * ctx.world_size:
+            raise ValueError(f"{n} training items are fewer than one batch ({batch_size} x {ctx.world_size} ranks)")
+        self.sampler = DistributedSampler(
+            range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.batch_size = batch_size
+        self.grad_accum = grad_accum
+        self.per_epoch = len(self.sampler) // batch_size
+        self._epoch = -1
+        self._indices: list[int] = []
+
+    def __call__(self, step: int, k: int) -> list[int]:
+        g = step * self.grad_accum + k
+        epoch, pos = divmod(g, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._indices = list(iter(self.sampler))
+            self._epoch = epoch
+        return self._indices[pos * self.batch_size : (pos + 1) * self.batch_size]

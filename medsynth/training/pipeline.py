@@ -1,0 +1,284 @@
+"""``train(config)``: data -> preprocessing -> stage 1 -> stage 2 -> model directory (+ privacy index).
+
+This is what ``medsynth train CONFIG.yaml`` runs. It works the same in one process and under
+``torchrun`` (rank 0 generates data, writes checkpoints, the model directory and the
+privacy index; every rank trains on its shard of each batch).
+
+Example:
+    >>> from medsynth.training import train
+    >>> model_dir = train("configs/phantom-2d.yaml")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from medsynth import __version__
+from medsynth.data.catalog import Catalog
+from medsynth.data.transforms import Preprocessing
+from medsynth.errors import InputError
+from medsynth.models.artifact import save_model
+from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
+from medsynth.training.autoencoder import build_stage1
+from medsynth.training.config import TrainConfig, load_config
+from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
+from medsynth.training.distributed import DistContext, barrier, init_distributed, shutdown
+from medsynth.training.loop import RunContext, resolve_precision, run_stage, write_json
+
+CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
+_PERCENTILE_SCANS = 32  # scans per modality sampled for the default intensity range
+
+
+def _dataset(cfg: TrainConfig, work: Path, ctx: DistContext) -> Catalog:
+    """The labels.csv catalog; generates the phantoms first when the config asks for them."""
+    if cfg.data.labels is not None:
+        return Catalog.from_csv(cfg.data.labels)
+    from medsynth.data.phantoms import phantom_dataset
+
+    spec = cfg.data.phantoms.model_dump()  # type: ignore[union-attr]
+    data_dir = work / "data"
+    csv, spec_file = data_dir / "labels.csv", data_dir / "phantoms.json"
+    if ctx.is_main:
+        if csv.is_file() and spec_file.is_file() and json.loads(spec_file.read_text()) != spec:
+            raise InputError(
+                f"{data_dir}: holds phantoms made with other settings ({spec_file.read_text().strip()}); "
+                "use another work_dir or delete that folder"
+            )
+        if not csv.is_file():
+            phantom_dataset(data_dir, dim=spec["dim"], count=spec["count"], fmt=spec["fmt"], seed=spec["seed"],
+                            size=spec["size"])
+            write_json(spec_file, spec)
+    barrier(ctx)
+    return Catalog.from_csv(csv)
+
+
+def _splits(cfg: TrainConfig, catalog: Catalog) -> tuple[Catalog, Catalog, Catalog]:
+    fr = {"train": 1.0 - cfg.data.val_fraction - cfg.data.test_fraction}
+    for name in ("val", "test"):
+        value = getattr(cfg.data, f"{name}_fraction")
+        if value > 0:
+            fr[name] = value
+    parts = catalog.split(fr, seed=cfg.seed)
+    empty = Catalog([], catalog.root, spatial_dims=catalog.spatial_dims())
+    if "train" not in parts or not len(parts["train"]):
+        raise InputError(f"{cfg.data.labels or 'phantoms'}: no scans in the 'train' split")
+    return parts["train"], parts.get("val", empty), parts.get("test", empty)
+
+
+def _preprocessing(cfg: TrainConfig, train: Catalog) -> Preprocessing:
+    """The model grid: configured values, defaults derived from the training data."""
+    first = train.load(0)
+    size = tuple(cfg.preprocessing.size)
+    spacing = cfg.preprocessing.spacing
+    if spacing is None:  # keep the first scan's field of view
+        spacing = [float(n * s / m) for n, s, m in zip(first.shape, first.spacing, size)]
+    intensity = {m.upper(): dict(p) for m, p in cfg.preprocessing.intensity.items()}
+    for modality in train.modalities:
+        if modality in intensity:
+            continue
+        if modality == "CT":
+            intensity[modality] = dict(CT_WINDOW)
+            continue
+        idx = [i for i, r in enumerate(train.records) if r.modality == modality][:_PERCENTILE_SCANS]
+        values = np.concatenate([train.load(i).array.ravel() for i in idx])
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        intensity[modality] = {"kind": "linear", "lo": float(np.floor(lo)), "hi": float(np.ceil(hi))}
+    thickness = cfg.preprocessing.slice_thickness or (first.slice_thickness if first.spatial_dims == 2 else 1.0)
+    return Preprocessing(len(size), size, tuple(spacing), intensity, float(thickness))
+
+
+def _load(catalog: Catalog, pre: Preprocessing, device: torch.device) -> tuple[torch.Tensor, list, list]:
+    """Every scan on the model grid ``(N, C, *size)``, with its pathologies and modality."""
+    if not len(catalog):
+        return torch.zeros((0, 1, *pre.size), device=device), [], []
+    xs = [pre.to_model(catalog.load(i)) for i in range(len(catalog))]
+    channels = {x.shape[0] for x in xs}
+    if len(channels) > 1:
+        raise InputError(f"{catalog.root}: scans have different channel counts {sorted(channels)}; need one")
+    return (
+        torch.stack(xs).to(device),
+        [r.pathologies for r in catalog.records],
+        [r.modality for r in catalog.records],
+    )
+
+
+def _model_config(cfg: TrainConfig, catalog: Catalog, train: Catalog, pre: Preprocessing, channels: int) -> ModelConfig:
+    return ModelConfig(
+        spatial_dims=pre.spatial_dims,
+        in_channels=channels,
+        pathologies=catalog.pathologies,
+        modalities=catalog.modalities,
+        autoencoder=cfg.autoencoder.kwargs(),
+        unet=cfg.unet.kwargs(),
+        cond_dim=cfg.unet.cond_dim,
+        preprocessing=pre.to_dict(),
+        scheduler=cfg.stage2.scheduler.model_dump(),
+        fingerprint=train.fingerprint(),
+        name=cfg.name,
+        weights_dtype=cfg.weights_dtype,
+    )
+
+
+def _card(cfg: TrainConfig, model: LatentDiffusionModel, info: dict[str, Any], command: str) -> str:
+    """The model card: what was trained, how, on what, and what was measured during training."""
+    conf = cfg.model_dump(mode="json", exclude={"output_dir", "work_dir"})
+    if cfg.data.labels is not None:
+        conf["data"]["labels"] = Path(cfg.data.labels).name  # the file name only: no local paths
+    n_params = {k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("autoencoder", "unet", "conditioner")}
+    s1, s2 = info["stage1"], info["stage2"]
+
+    def stage_line(s: dict[str, Any]) -> str:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in (s.get("last_losses") or {}).items())
+        best = s.get("best_val")
+        return (
+            f"{s.get('steps_done')} steps ({'early stop' if s.get('stopped_early') else 'to the end'}), "
+            f"last train losses: {losses or 'n/a'}; best validation loss: "
+            f"{'n/a' if best is None else f'{best:.5f}'}; {s.get('seconds_per_step', float('nan')):.3f} s/step"
+        )
+
+    counts = "\n".join(f"| {k} | {v} |" for k, v in sorted(model.config.fingerprint["counts"].items()))
+    return f"""# {cfg.name}
+
+A latent diffusion model (MONAI AutoencoderKL + DiffusionModelUNet with cross-attention on
+pathology and modality tokens) trained with medsynth {__version__}.
+
+- Dimensions: {model.spatial_dims}D, grid {list(model.preprocessing.size)} at {[round(s, 4) for s in model.preprocessing.spacing]} mm, latent {list(model.latent_shape)}
+- Pathologies: {", ".join(model.pathologies)}; modalities: {", ".join(model.modalities)}
+- Intensity normalisation: {json.dumps(model.preprocessing.intensity)}
+- Scheduler: {json.dumps(model.config.scheduler)}; latent scale factor {model.scale_factor:.5f}
+- Parameters: autoencoder {n_params["autoencoder"]:,}, UNet {n_params["unet"]:,}, conditioner {n_params["conditioner"]:,}
+- Weights stored as {model.config.weights_dtype} safetensors (loaded back as float32); the UNet and conditioner are the EMA weights
+
+## Training
+
+Command: `{command}`
+
+Seed {cfg.seed}; device {info["device"]} ({info["world_size"]} process(es), {info["threads"]} thread(s) each),
+precision {info["precision"]}; torch {torch.__version__}; {platform.platform()}; wall time {info["wall_minutes"]:.1f} min.
+
+- Stage 1 (autoencoder, L1 + KL{" + patch adversarial" if cfg.stage1.adv_weight > 0 else ""}; no perceptual loss: it needs downloaded weights): {stage_line(s1)}
+- Stage 2 (latent diffusion, condition dropout {cfg.stage2.cond_drop} joint + {cfg.stage2.token_drop} per token): {stage_line(s2)}
+
+Configuration:
+
+```yaml
+{yaml.safe_dump(conf, sort_keys=False).rstrip()}
+```
+
+## Training data
+
+Splits (patient-disjoint): train {info["n_train"]}, validation {info["n_val"]}, test/holdout {info["n_test"]}.
+Training-set fingerprint (counts per class and the SHA-256 of the sorted relative file list; no identifiers):
+`{model.config.fingerprint["file_list_sha256"]}`
+
+| class (pathology/modality) | training scans |
+|---|---|
+{counts}
+
+## Quality
+
+Not measured by the training run. Measure conditional accuracy and diversity with
+`python benchmarks/model_quality.py <this directory>`.
+"""
+
+
+def train(
+    config: TrainConfig | str | Path, *, resume: bool = True, progress: bool = True, command: str | None = None
+) -> Path:
+    """Train a model from a config (object or YAML path); return the model directory.
+
+    Args:
+        config: a ``TrainConfig`` or the path of a training YAML.
+        resume: continue from checkpoints in the work folder when present.
+        progress: show progress bars (log lines are printed either way).
+        command: how the run was started, for the model card.
+
+    Raises:
+        InputError: bad config, unreadable data, a checkpoint from different settings.
+    """
+    if not isinstance(config, TrainConfig):
+        command = command or f"medsynth train {config}"
+        config = load_config(config)
+    cfg = config
+    command = command or "medsynth.training.train(config)"
+    ctx = init_distributed(cfg.device)
+    started = time.time()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        def log(msg: str) -> None:
+            if ctx.is_main:
+                print(msg)
+
+        work = cfg.resolved_work_dir
+        run = RunContext(
+            dist=ctx, work_dir=work, seed=cfg.seed, fingerprints={s: cfg.fingerprint(s) for s in ("stage1", "stage2")},
+            precision=resolve_precision(cfg.precision, ctx.device), checkpoint_every=cfg.checkpoint_every,
+            val_every=cfg.val_every, sample_every=cfg.sample_every, log_every=cfg.log_every,
+            early_stopping_patience=cfg.early_stopping_patience, progress=progress,
+            log=log,
+        )
+        catalog = _dataset(cfg, work, ctx)
+        train_cat, val_cat, test_cat = _splits(cfg, catalog)
+        pre = _preprocessing(cfg, train_cat)
+        train_x, train_p, train_m = _load(train_cat, pre, ctx.device)
+        val_x, val_p, val_m = _load(val_cat, pre, ctx.device)
+        log(f"data: {len(train_cat)} train / {len(val_cat)} val / {len(test_cat)} test scans on grid "
+            f"{list(pre.size)} at {[round(s, 3) for s in pre.spacing]} mm")
+        torch.manual_seed(cfg.seed)  # network initialisation: identical on every rank
+        model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1])).to(ctx.device)
+
+        s1 = run_stage(build_stage1(model.autoencoder, train_x, val_x, cfg.stage1, run), run, resume=resume)
+        mu, sigma = encode_dataset(model, train_x, cfg.stage1.batch_size)
+        val_mu, val_sigma = encode_dataset(model, val_x, cfg.stage1.batch_size)
+        model.config.scale_factor = compute_scale_factor(mu, sigma, cfg.seed)
+        log(f"latent scale factor {model.scale_factor:.5f}")
+        spec2, ema = build_stage2(model, (mu, sigma, train_p, train_m), (val_mu, val_sigma, val_p, val_m),
+                                  cfg.stage2, run)
+        s2 = run_stage(spec2, run, resume=resume)
+        model.unet.load_state_dict(ema.unet.state_dict())
+        model.conditioner.load_state_dict(ema.conditioner.state_dict())
+        model.eval()
+
+        if ctx.is_main:
+            info = {
+                "stage1": s1, "stage2": s2, "device": str(ctx.device), "world_size": ctx.world_size,
+                "threads": torch.get_num_threads(), "precision": run.precision,
+                "wall_minutes": (time.time() - started) / 60.0,
+                "n_train": len(train_cat), "n_val": len(val_cat), "n_test": len(test_cat),
+            }
+            out = save_model(model, cfg.output_dir, card=_card(cfg, model, info, command))
+            write_json(work / "summary.json", info)
+            log(f"model saved to {out}")
+            _privacy_index(cfg, out, train_cat, test_cat if len(test_cat) else val_cat, log)
+        barrier(ctx)
+        return cfg.output_dir
+    finally:
+        shutdown(ctx)
+
+
+def _privacy_index(cfg: TrainConfig, out: Path, train: Catalog, holdout: Catalog, log: Any) -> None:
+    """Build the model's privacy index with medsynth.privacy when that module provides it."""
+    if not cfg.build_privacy_index:
+        log("privacy index: skipped (build_privacy_index: false)")
+        return
+    import medsynth.privacy as privacy
+
+    build = getattr(privacy, "build_index_for_model", None)
+    if build is None:
+        log("privacy index: NOT built: medsynth.privacy.build_index_for_model is not available")
+        return
+    if not len(holdout):
+        log("privacy index: NOT built: no holdout scans (set data.test_fraction or val_fraction > 0)")
+        return
+    build(out, train, holdout)
+    log(f"privacy index written to {out / 'privacy'}")

@@ -1,0 +1,80 @@
+"""Training YAML validation: strict keys, one-line errors naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medsynth.cli import main
+from medsynth.errors import InputError
+from medsynth.training.config import load_config, parse_config
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_relative_paths_resolve_against_the_yaml(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(Path("data/labels.csv"), Path("runs"))
+    (tmp_path / "sub").mkdir()
+    f = _write(tmp_path / "sub" / "c.yaml", cfg)
+    loaded = load_config(f)
+    assert loaded.data.labels == tmp_path / "sub" / "data" / "labels.csv"
+    assert loaded.output_dir == tmp_path / "sub" / "runs" / "model"
+    assert loaded.spatial_dims == 2 and loaded.stage2.scheduler.kind == "ddpm"
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (lambda c: c["stage2"].update(shceduler={}), r"c\.yaml: stage2\.shceduler: unknown key"),
+        (lambda c: c["stage2"].update(scheduler={"schedule": "quadratic"}), r"stage2\.scheduler\.schedule: Input should be"),
+        (lambda c: c["stage1"].update(steps=0), r"stage1\.steps: Input should be greater than or equal to 1"),
+        (lambda c: c.update(data={}), r"data: give exactly one of 'labels'"),
+        (lambda c: c["data"].update(phantoms={"dim": 2, "count": 16}), r"data: give exactly one of"),
+        (lambda c: c["preprocessing"].update(size=[15, 15]), r"must be divisible by the autoencoder downsampling factor 2"),
+        (lambda c: c["stage1"].update(patch_size=[8]), r"stage1.patch_size \[8\] needs 2 values"),
+        (lambda c: c.update(device="tpu"), r"device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, tiny_cfg, change, expected):
+    cfg = tiny_cfg(Path("labels.csv"), tmp_path)
+    change(cfg)
+    f = _write(tmp_path / "c.yaml", cfg)
+    with pytest.raises(InputError, match=expected) as info:
+        load_config(f)
+    assert "\n" not in str(info.value)
+
+
+def test_phantom_dim_must_match_the_grid(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(None, tmp_path, data={"phantoms": {"dim": 3, "count": 16}})
+    with pytest.raises(InputError, match="data.phantoms.dim is 3"):
+        parse_config(cfg)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(InputError, match="cannot read the training config"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="not valid YAML at line 2"):
+        load_config(_write(tmp_path / "bad.yaml", "name: x\n  data: [\n"))
+    with pytest.raises(InputError, match="expected a mapping"):
+        load_config(_write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+
+
+def test_fingerprint_ignores_bookkeeping_only(tmp_path, tiny_cfg):
+    a = parse_config(tiny_cfg(Path("l.csv"), tmp_path))
+    b = parse_config(tiny_cfg(Path("l.csv"), tmp_path / "elsewhere", log_every=7, threads=2))
+    c = parse_config(tiny_cfg(Path("l.csv"), tmp_path, stage2={"lr": 1e-3}))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_cli_reports_a_bad_config_on_one_line(tmp_path, tiny_cfg, capsys):
+    cfg = tiny_cfg(Path("labels.csv"), tmp_path)
+    cfg["unet"]["chanels"] = [4]
+    code = main(["train", str(_write(tmp_path / "c.yaml", cfg))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("medsynth: error: ") and "unet.chanels: unknown key" in err and err.count("\n") == 1
