@@ -161,7 +161,9 @@ def _tubes(
     grow = (np.maximum(ra, rb) + reach)[:, None]
     lo, hi = np.minimum(a, b) - grow, np.maximum(a, b) + grow
     xs, ys, zs = (np.broadcast_to(v, shape) for v in (x, y, z))
-    steps = _BLOCK if len(shape) == 3 else shape  # loose points (lesion placement): one block
+    # Blocks only pay off in a volume; a 2D slice (one z) or loose points are one block, and the
+    # bounding-box test then drops every segment that does not cross the slice.
+    steps = _BLOCK if len(shape) == 3 and shape[0] > 1 else shape
     ranges = [range(0, n, st) for n, st in zip(shape, steps)]
     for starts in np.ndindex(*[len(r) for r in ranges]):
         block = tuple(slice(r[i], r[i] + st) for r, i, st in zip(ranges, starts, steps))
@@ -316,21 +318,20 @@ class _Subject:
                                  [u(-15, -5), spine_y + vr + u(15, 22), -60.0],
                                  [u(-35, -20), spine_y + vr + u(25, 40), dome_l - 10]]), np.array([8.0, 8.0, 8.0]))
 
-        # Pulmonary vessel tree: from each hilum, a few branches and their children.
-        segs: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+        # Pulmonary vessel tree: from each hilum, 9 branches, each with 2 children.
+        parts = []
         for side in (1.0, -1.0):
             hilum = np.array([side * u(35, 50) + med_shift, u(-5, 15), u(-25, 0)])
-            for _ in range(9):
-                d = np.array([side * u(0.5, 1.0), u(-0.7, 0.7), u(-0.9, 0.9)])
-                d /= np.linalg.norm(d)
-                end = hilum + d * u(45, 80)
-                r0 = u(1.8, 2.8)
-                segs.append((hilum, end, r0, r0 * 0.6))
-                for _ in range(2):
-                    d2 = d + rng.normal(scale=0.5, size=3)
-                    d2 /= np.linalg.norm(d2)
-                    segs.append((end, end + d2 * u(30, 55), r0 * 0.55, 0.8))
-        lung_vessels = tuple(np.array([s[i] for s in segs], dtype=np.float64) for i in range(4))
+            d = np.stack([side * u(0.5, 1.0, 9), u(-0.7, 0.7, 9), u(-0.9, 0.9, 9)], axis=1)
+            d /= np.linalg.norm(d, axis=1, keepdims=True)
+            ends = hilum + d * u(45, 80, (9, 1))
+            r0 = u(1.8, 2.8, 9)
+            d2 = np.repeat(d, 2, axis=0) + rng.normal(scale=0.5, size=(18, 3))
+            d2 /= np.linalg.norm(d2, axis=1, keepdims=True)
+            starts2 = np.repeat(ends, 2, axis=0)
+            parts.append((np.repeat(hilum[None], 9, axis=0), ends, r0, r0 * 0.6))
+            parts.append((starts2, starts2 + d2 * u(30, 55, (18, 1)), np.repeat(r0, 2) * 0.55, np.full(18, 0.8)))
+        lung_vessels = join(*parts)
 
         return _Subject(
             rotation=math.radians(u(-5, 5)),
@@ -367,18 +368,25 @@ class _Subject:
     def cavity_distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Signed distance to the thoracic cavity; it narrows to a dome above ``apex_full``."""
         ca, cb_ant, cb_post = self.cavity
-        theta = np.arctan2(y, x)
+        r = np.hypot(x, y)
+        # direction cosines of the polar angle, without arctan2/cos/sin (this runs on every voxel)
+        cos_t = np.where(r > 0, x / np.maximum(r, 1e-6), 1.0)
+        sin_t = y / np.maximum(r, 1e-6)
         cb = np.where(y > 0, cb_ant, cb_post)
-        r0 = 1.0 / np.sqrt((np.cos(theta) / ca) ** 2 + (np.sin(theta) / cb) ** 2)
-        # each lung gets its own shape: Fourier harmonics of the boundary radius, blended across x=0
+        r0 = 1.0 / np.sqrt((cos_t / ca) ** 2 + (sin_t / cb) ** 2)
+        # each lung gets its own shape: Fourier harmonics k = 2, 3, 4 of the boundary radius,
+        # blended across x = 0; cos(k theta + phase) = Re(e^{i phase} (cos + i sin)^k)
         w_right = 1.0 / (1.0 + np.exp(-x / 15.0))
+        unit = (cos_t + 1j * sin_t).astype(np.complex64)
+        power = unit * unit
         pert = 0.0
-        for k, (amp_phase_r, amp_phase_l) in enumerate(zip(self.lung_harmonics[0], self.lung_harmonics[1])):
-            pert = pert + w_right * amp_phase_r[0] * np.cos((k + 2) * theta + amp_phase_r[1])
-            pert = pert + (1 - w_right) * amp_phase_l[0] * np.cos((k + 2) * theta + amp_phase_l[1])
+        for (amp_r, ph_r), (amp_l, ph_l) in zip(self.lung_harmonics[0], self.lung_harmonics[1]):
+            coef = w_right * (amp_r * np.exp(1j * ph_r)) + (1 - w_right) * (amp_l * np.exp(1j * ph_l))
+            pert = pert + (coef * power).real
+            power = power * unit
         t = np.clip((z - self.apex_full) / (self.apex - self.apex_full), 0.0, 1.0)
         scale = np.sqrt(np.maximum(1.0 - t**2, 0.0))
-        return np.hypot(x, y) - (r0 * (1.0 + pert)).astype(_F) * scale.astype(_F)
+        return r - (r0 * (1.0 + pert)).astype(_F) * scale.astype(_F)
 
     def dome_z(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Height of the diaphragm: a dome per side, lowest in the posterior costophrenic recesses."""
@@ -817,6 +825,8 @@ def make_phantom(
         ((32, 32, 32), (10.9375, 10.9375, 10.9375), 'effusion|mass')
     """
     mod = _check_args(dim, modality, size)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise InputError(f"seed={seed!r}: expected an integer")
     names = parse_pathologies(pathologies)
     canvas, affine = _render(dim, names, mod, int(seed), int(size), labels=False)
     image = canvas.image if dim == 2 else canvas.image[None]

@@ -62,6 +62,7 @@ class ClassifierConfig:
         augment: random flips along every spatial axis and small random shifts of each training
             batch (labels such as pathology and modality do not depend on side or position).
             Off by default: on the phantoms it slowed learning more than it helped.
+        stem_kernel: kernel size of the first, full-resolution convolution.
         norm: MONAI norm name. Batch norm, not MONAI's default instance norm: instance norm
             rescales every feature map per image, which blurs "is there a small bright blob at
             all" (a nodule).
@@ -81,6 +82,7 @@ class ClassifierConfig:
     balanced: bool = True
     augment: bool = False
     norm: str = "batch"
+    stem_kernel: int = 5
     in_channels: int = 1
     seed: int = 0
     device: str = field(default="cpu", compare=False)
@@ -143,7 +145,9 @@ def prepare(scans: Sequence[Scan], in_size: int) -> torch.Tensor:
 class _Network(nn.Module):
     """A VGG-style stack of MONAI ``Convolution`` blocks with max-pool downsampling.
 
-    stem conv -> for each of ``channels``: conv + 2x max-pool -> conv -> global max+avg pool -> linear.
+    stem conv (``stem_kernel``, full resolution) -> 2x max-pool -> for each further stage: conv
+    -> 2x max-pool -> conv -> global max+avg pooling -> linear. The stem works on the single
+    input channel, so its larger kernel buys a full-resolution receptive field cheaply.
     """
 
     def __init__(self, config: ClassifierConfig, n_classes: int) -> None:
@@ -152,18 +156,19 @@ class _Network(nn.Module):
 
         d = config.spatial_dims
 
-        def conv(c_in: int, c_out: int) -> nn.Module:
-            return Convolution(d, c_in, c_out, kernel_size=3, act="relu", norm=config.norm)
+        def conv(c_in: int, c_out: int, k: int = 3) -> nn.Module:
+            return Convolution(d, c_in, c_out, kernel_size=k, act="relu", norm=config.norm)
 
-        pool = nn.MaxPool2d(2) if d == 2 else nn.MaxPool3d(2)
-        layers: list[nn.Module] = [conv(config.in_channels, config.channels[0])]
-        prev = config.channels[0]
-        for c in config.channels:
-            layers += [conv(prev, c), pool]
-            prev = c
-        layers.append(conv(prev, prev))
+        def pool() -> nn.Module:
+            return nn.MaxPool2d(2) if d == 2 else nn.MaxPool3d(2)
+
+        chans = config.channels
+        layers: list[nn.Module] = [conv(config.in_channels, chans[0], config.stem_kernel), pool()]
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [conv(c_in, c_out), pool()]
+        layers.append(conv(chans[-1], chans[-1]))
         self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * prev, n_classes)
+        self.head = nn.Linear(2 * chans[-1], n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         h = self.trunk(x).flatten(2)
@@ -341,6 +346,9 @@ class ImageClassifier:
             raise InputError(f"{directory / CONFIG_FILE}: cannot read a classifier config ({exc})") from exc
         if meta.get("format") != _FORMAT:
             raise InputError(f"{directory / CONFIG_FILE}: format {meta.get('format')!r}; expected {_FORMAT!r}")
+        # "device" is where to load now, not where it was trained; keys from a newer version
+        # that this one does not know are left out rather than refused, so old code can still
+        # read the weights it can build.
         known = {f.name for f in fields(ClassifierConfig)}
         config = ClassifierConfig(**{k: v for k, v in meta["config"].items() if k in known and k != "device"},
                                   device=device)

@@ -264,6 +264,7 @@ def test_parse_pathologies() -> None:
         ({"dim": 4}, "dim=4"),
         ({"size": 16}, "size=16"),
         ({"size": 300}, "size=300"),
+        ({"seed": "one"}, "seed='one'"),
     ],
 )
 def test_bad_arguments_raise_input_error(kwargs: dict, needle: str) -> None:
@@ -296,6 +297,10 @@ def test_phantom_dataset_writes_balanced_labelled_scans(tmp_path) -> None:
         np.testing.assert_allclose(scan.affine, ref.affine, atol=1e-5)
         np.testing.assert_allclose(scan.array, ref.array, atol=1e-3)
     assert not list((tmp_path / "ds").glob(".tmp-*"))
+    from medsynth.data.catalog import Catalog
+
+    catalog = Catalog.from_csv(csv_path)  # the dataset reader accepts it as written
+    assert len(catalog) == 20 and catalog.modalities == ["CT", "MR"]
 
 
 def test_phantom_dataset_class_counts_and_splits(tmp_path) -> None:
