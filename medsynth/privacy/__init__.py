@@ -1,1 +1,19 @@
-"""medsynth.privacy."""
+"""The memorization check: feature maps, nearest-neighbour search, calibration, the report."""
+
+from medsynth.privacy.index import (
+    PrivacyIndex,
+    PrivacyVerdict,
+    build_index_for_model,
+    closer_to_train_test,
+    flagged_rate_test,
+    load_index_for_model,
+)
+
+__all__ = [
+    "PrivacyIndex",
+    "PrivacyVerdict",
+    "build_index_for_model",
+    "closer_to_train_test",
+    "flagged_rate_test",
+    "load_index_for_model",
+]

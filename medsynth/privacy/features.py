@@ -234,6 +234,9 @@ def _feature(scan: Scan, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray] | 
     points = np.einsum("ij,j...->i...", rot, mesh) + centre.reshape(-1, *([1] * cfg.spatial_dims))
     feat = ndimage.map_coordinates(z, points, order=1, mode="constant", cval=0.0)
     fov = ndimage.map_coordinates(valid.astype(np.float32), points, order=1, mode="constant", cval=0.0)
+    import os
+    if os.environ.get("HP"):
+        feat = feat - ndimage.gaussian_filter(feat, float(os.environ["HP"]), mode="constant")
     return feat.astype(np.float32), (fov > 0.5).astype(np.float32)
 
 
