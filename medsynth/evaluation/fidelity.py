@@ -46,6 +46,7 @@ class FidelityConfig:
             is split evenly into the two held-out halves.
         encoder_steps, batch_size, lr: encoder training (class-balanced batches, so rare
             classes get features of their own).
+        encoder_channels: widths of the encoder's stages (the feature vector has twice the last).
         k: neighbourhood size of the precision/recall manifolds.
         kid_subset_size, kid_subsets: KID subsets.
         max_pairs: at most this many image pairs per class for MS-SSIM diversity.
@@ -57,6 +58,7 @@ class FidelityConfig:
     in_size: int = 64
     encoder_fraction: float = 0.5
     encoder_steps: int = 400
+    encoder_channels: tuple[int, ...] = (16, 32, 64)
     batch_size: int = 32
     lr: float = 2e-3
     k: int = 3
@@ -106,8 +108,8 @@ def intensity_windows(real: LabelledScans, percentiles: tuple[float, float]) -> 
 def unit_images(data: LabelledScans, in_size: int, windows: dict[str, tuple[float, float]]) -> torch.Tensor:
     """Scans resized to ``in_size`` per side and windowed to [0, 1]: ``(N, 1, *spatial)``.
 
-    Resizing uses MONAI's ``Resize`` with anti-aliasing; scans with several channels keep the
-    first (medsynth scans are single-channel).
+    Resizing uses MONAI's ``Resize`` in "area" mode (averaging, so no aliasing when shrinking);
+    scans with several channels keep the first (medsynth scans are single-channel).
     """
     from monai.transforms import Resize
 
@@ -129,6 +131,7 @@ def _train_encoder(real: LabelledScans, classes: list[str], cfg: FidelityConfig)
         ClassifierConfig(
             spatial_dims=real.spatial_dims,
             in_size=cfg.in_size,
+            channels=tuple(cfg.encoder_channels),
             steps=cfg.encoder_steps,
             batch_size=cfg.batch_size,
             lr=cfg.lr,

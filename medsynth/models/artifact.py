@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -81,7 +82,17 @@ def save_model(model: LatentDiffusionModel, out_dir: str | Path, *, card: str | 
         (tmp / CARD_NAME).write_text(card if card is not None else default_card(model))
         if (out / PRIVACY_DIR).is_dir():
             shutil.copytree(out / PRIVACY_DIR, tmp / PRIVACY_DIR)
+        _readable(tmp)
     return out
+
+
+def _readable(folder: Path) -> None:
+    """Give the files the umask's usual permissions (safetensors writes them owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in folder.rglob("*"):
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+    os.chmod(folder, 0o777 & ~umask)
 
 
 def resolve_model_path(path_or_name: str | Path) -> Path:

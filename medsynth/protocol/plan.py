@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medsynth.errors import MedsynthError
-from medsynth.protocol.schema import ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
+from medsynth.errors import InputError, MedsynthError
+from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
 from medsynth.seeding import derive_seed
 
 
@@ -57,7 +57,6 @@ def read_model_info(ref: str, base_dir: Path) -> ModelInfo:
     Raises:
         InputError: no such model, not a model directory, or an invalid config.json.
     """
-    from medsynth.errors import InputError
     from medsynth.models.artifact import CONFIG_NAME, PRIVACY_DIR, resolve_model_path
     from medsynth.models.ldm import ModelConfig
 
@@ -161,7 +160,7 @@ class RunPlan:
     output_dir: Path
 
     @property
-    def protocol(self):  # -> schema.Protocol
+    def protocol(self) -> Protocol:
         return self.source.protocol
 
     @property
@@ -176,14 +175,17 @@ class RunPlan:
             "formats": list(self.protocol.output.formats),
             "batch_size": self.protocol.sampler.batch_size,
             "privacy": self.protocol.privacy.model_dump(),
-            "quotas": [
-                {**asdict(q), "extend": None if q.extend is None else {
-                    "strength": q.extend.strength, "sources": [str(p) for p in q.extend.sources]}}
-                for q in self.quotas
-            ],
+            "quotas": [_quota_doc(q) for q in self.quotas],
             "batches": [[c.case_id for c in b.cases] for b in self.batches],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _quota_doc(q: QuotaPlan) -> dict[str, Any]:
+    doc = asdict(q)
+    if q.extend is not None:
+        doc["extend"] = {"strength": q.extend.strength, "sources": [str(p) for p in q.extend.sources]}
+    return doc
 
 
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")

@@ -23,6 +23,7 @@ end, so the union equals the single-process output.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ def resolve_device(device: str, local_rank: int = 0) -> str:
     raise InputError(f"--device {device!r}: expected cpu, cuda or cuda:N")
 
 
+def _finite(value: Any) -> Any:
+    """``nan``/``inf`` -> ``None``: manifest lines are strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -120,7 +126,7 @@ class _Gate:
     """The model's privacy index behind the two calls the runner needs."""
 
     def __init__(self, model_dir: Path, quantile: float, alpha: float):
-        from medsynth.privacy import flagged_rate_test, load_index_for_model
+        from medsynth.privacy.index import flagged_rate_test, load_index_for_model
 
         self.index = load_index_for_model(model_dir)
         self.quantile = quantile
@@ -128,8 +134,9 @@ class _Gate:
         self._rate_test = flagged_rate_test
 
     def check(self, scans: list[Scan], group: str) -> list[dict[str, Any]]:
+        """One verdict per scan, as a JSON-ready dict (``gate: true``; non-finite numbers -> null)."""
         verdicts = self.index.check(scans, [group] * len(scans), quantile=self.quantile)
-        return [{"gate": True, **v.to_dict()} for v in verdicts]
+        return [{"gate": True, **{k: _finite(v) for k, v in v.to_dict().items()}} for v in verdicts]
 
     def rate_test(self, n_flagged: int, n: int) -> tuple[float, bool]:
         pvalue, failed = self._rate_test(n_flagged, n, self.quantile, alpha=self.alpha)
@@ -150,6 +157,7 @@ class _Run:
         self.quotas: dict[int, QuotaPlan] = {q.index: q for q in plan.quotas}
         self.quota_row = {q.index: row for row, q in enumerate(plan.quotas)}  # progress bar per quota
         self.gate: _Gate | None = None
+        self._synth: Any = None  # the Synthesizer, loaded when first needed
         self.position = {c.case_id: c.position for c in plan.cases}
         self.model_sha = ""
         self.done: set[str] = set()
@@ -255,40 +263,45 @@ class _Run:
     def _pending(self, batch: BatchPlan) -> bool:
         return any(c.case_id not in self.done and c.case_id not in self.settled for c in batch.cases)
 
-    def load_sources(self, batches: list[BatchPlan]) -> None:
-        """Read the extend-mode source scans the pending batches need, before any sampling."""
+    def _source(self, q: QuotaPlan, index: int) -> Scan:
+        """Extend-mode source ``index`` of quota ``q``, read once."""
         from medsynth.io import read_scan
 
-        for b in batches:
-            q = self.quotas[b.quota]
-            if q.extend is None:
-                continue
-            for c in b.cases:
-                path = q.extend.sources[c.source or 0]
-                if path in self.sources:
-                    continue
-                try:
-                    scan = read_scan(path, modality=q.modality)
-                except MedsynthError as exc:
-                    raise InputError(f"{q.where}.extend.sources: {exc}") from None
-                if scan.spatial_dims != self.plan.model.spatial_dims:
-                    raise InputError(
-                        f"{q.where}.extend.sources: {path} is {scan.spatial_dims}D; model "
-                        f"{self.plan.model.id} makes {self.plan.model.spatial_dims}D scans"
-                    )
-                self.sources[path] = scan
+        assert q.extend is not None
+        path = q.extend.sources[index]
+        if path not in self.sources:
+            try:
+                scan = read_scan(path, modality=q.modality)
+            except MedsynthError as exc:
+                raise InputError(f"{q.where}.extend.sources: {exc}") from None
+            if scan.spatial_dims != self.plan.model.spatial_dims:
+                raise InputError(
+                    f"{q.where}.extend.sources: {path} is {scan.spatial_dims}D; model "
+                    f"{self.plan.model.id} makes {self.plan.model.spatial_dims}D scans"
+                )
+            self.sources[path] = scan
+        return self.sources[path]
+
+    def _synthesizer(self) -> Any:
+        if self._synth is None:
+            from medsynth.models.artifact import load_model
+            from medsynth.sampling import Synthesizer
+
+            self._synth = Synthesizer(load_model(self.plan.model.path, device=self.device), device=self.device)
+        return self._synth
 
     # -- the batch loop ------------------------------------------------------------------------
 
     def run(self) -> None:
-        from medsynth.models.artifact import load_model
-        from medsynth.sampling import Synthesizer
-
         batches = [b for b in self.my_batches() if self._pending(b)]
-        self.load_sources(batches)
+        # Every source scan the pending batches need is read before any sampling, so an
+        # unreadable one stops the run before it writes anything.
+        for b in batches:
+            q = self.quotas[b.quota]
+            for c in b.cases if q.extend is not None else ():
+                self._source(q, c.source or 0)
         if self.p.privacy.gate and batches:
             self.gate = _Gate(self.plan.model.path, self.p.privacy.quantile, self.p.privacy.alpha)
-        synth = Synthesizer(load_model(self.plan.model.path, device=self.device), device=self.device) if batches else None
         totals = []
         for q in self.plan.quotas:
             ids = [c.case_id for b in self.my_batches() if b.quota == q.index for c in b.cases]
@@ -296,7 +309,7 @@ class _Run:
         self.progress.start(totals)
         with mf.JsonlAppender(self._part(mf.MANIFEST)) as manifest, mf.JsonlAppender(self._part(mf.REJECTED)) as rejected:
             for b in batches:
-                self._run_batch(b, synth, self.gate, manifest, rejected)
+                self._run_batch(b, self._synthesizer(), self.gate, manifest, rejected)
 
     def _label(self, q: QuotaPlan) -> str:
         return q.group if q.extend is None else f"{q.group} (extend)"
@@ -314,7 +327,7 @@ class _Run:
         # Synthesizer.variation takes one source per call; a case's variation is seeded by its seed.
         out = []
         for c, s in zip(cases, seeds):
-            source = self.sources[q.extend.sources[c.source or 0]]
+            source = self._source(q, c.source or 0)
             out += synth.variation(
                 source, strength=q.extend.strength, pathology=q.pathologies, modality=q.modality, seed=s, **settings
             )
@@ -339,7 +352,7 @@ class _Run:
                 if privacy.on_flag == "fail":
                     raise PrivacyError(
                         f"case {c.case_id} (seed {seed}) is too close to training scan {verdict.get('nearest')} "
-                        f"(score {verdict['score']:.4f} >= threshold {verdict['threshold']:.4f}) and "
+                        f"(score {verdict['score']:.4f} > threshold {verdict['threshold']:.4f}) and "
                         f"privacy.on_flag is fail; see {self.out / mf.REJECTED}"
                     )
                 if not final:
@@ -495,7 +508,7 @@ class _Run:
             )
         if out_of_attempts:
             reasons.append(
-                f"{len(out_of_attempts)} case(s) were flagged on all {pv.max_attempts} attempts "
+                f"{len(out_of_attempts)} case(s) were flagged on every attempt (max_attempts {pv.max_attempts}) "
                 f"({', '.join(out_of_attempts[:3])}{', ...' if len(out_of_attempts) > 3 else ''})"
             )
         report = self._write_privacy_report(gate, records, rejected)
@@ -516,7 +529,7 @@ class _Run:
 
     def _write_privacy_report(
         self, gate: _Gate, records: list[dict[str, Any]], rejected: list[dict[str, Any]]
-    ) -> str | None:
+    ) -> str:
         from medsynth.privacy.report import write_report
 
         entries = [(r["case_id"], r["privacy"]) for r in records] + [
@@ -528,8 +541,32 @@ class _Run:
             synthetic_ids=[e[0] for e in entries],
             verdicts=[e[1] for e in entries],
             settings=self.p.privacy.model_dump(),
+            synthetic_maps=self._flagged_maps(gate, len(records), rejected),
         )
         return Path(html).name
+
+    def _flagged_maps(self, gate: _Gate, n_written: int, rejected: list[dict[str, Any]]) -> Any:
+        """Feature maps for the report's side-by-side thumbnails of the flagged attempts.
+
+        Flagged samples are never written, so they are drawn again from their recorded seeds
+        (one at a time: equal to the flagged sample up to float rounding). Written cases need
+        no thumbnail and get zeros.
+        """
+        if not rejected:
+            return None
+        import numpy as np
+
+        from medsynth.privacy.features import scan_features
+
+        cases = {c.case_id: c for c in self.plan.cases}
+        scans = []
+        for r in rejected:
+            c = cases[r["case_id"]]
+            scans += self._sample(self._synthesizer(), self.quotas[c.quota], [c], [int(r["seed"])])
+        maps = scan_features(scans, gate.index.feature_config).maps
+        out = np.zeros((n_written + len(maps), *maps.shape[1:]), maps.dtype)
+        out[n_written:] = maps
+        return out
 
     def _write_datalist(self, records: list[dict[str, Any]]) -> None:
         """``dataset.json``: a MONAI datalist (``monai.data.load_decathlon_datalist`` reads it)."""

@@ -141,7 +141,8 @@ def _card(cfg: TrainConfig, model: LatentDiffusionModel, info: dict[str, Any], c
         return (
             f"{s.get('steps_done')} steps ({'early stop' if s.get('stopped_early') else 'to the end'}), "
             f"last train losses: {losses or 'n/a'}; best validation loss: "
-            f"{'n/a' if best is None else f'{best:.5f}'}; {s.get('seconds_per_step', float('nan')):.3f} s/step"
+            f"{'n/a' if best is None else f'{best:.5f}'}; {s.get('seconds_per_step', float('nan')):.3f} s/step "
+            f"(about {s.get('steps_done', 0) * s.get('seconds_per_step', float('nan')) / 60:.0f} min)"
         )
 
     counts = "\n".join(f"| {k} | {v} |" for k, v in sorted(model.config.fingerprint["counts"].items()))
@@ -162,7 +163,9 @@ pathology and modality tokens) trained with medsynth {__version__}.
 Command: `{command}`
 
 Seed {cfg.seed}; device {info["device"]} ({info["world_size"]} process(es), {info["threads"]} thread(s) each),
-precision {info["precision"]}; torch {torch.__version__}; {platform.platform()}; wall time {info["wall_minutes"]:.1f} min.
+precision {info["precision"]}; torch {torch.__version__}; {platform.platform()}; the invocation that wrote
+this directory ran {info["wall_minutes"]:.1f} min (a resumed run skips the stages its checkpoints hold; per-stage
+times are below, measured while the stage ran).
 
 - Stage 1 (autoencoder, L1 + KL{" + patch adversarial" if cfg.stage1.adv_weight > 0 else ""}; no perceptual loss: it needs downloaded weights): {stage_line(s1)}
 - Stage 2 (latent diffusion, condition dropout {cfg.stage2.cond_drop} joint + {cfg.stage2.token_drop} per token): {stage_line(s2)}

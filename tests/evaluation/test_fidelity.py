@@ -174,7 +174,7 @@ def real_set() -> LabelledScans:
 def test_fidelity_scores_good_synthetic_like_real_and_catches_mislabelled_collapsed_sets(real_set, tmp_path):
     from medsynth.evaluation.fidelity import FidelityConfig, evaluate_fidelity
 
-    cfg = FidelityConfig(in_size=32, encoder_steps=150)
+    cfg = FidelityConfig(in_size=32, encoder_steps=100, encoder_channels=(8, 16))
     good = _phantoms(10, seed=2)
     # Bad: every class shows the wrong pathology in the wrong modality, and one image repeated.
     swap = {("normal", "CT"): ("effusion", "MR"), ("effusion", "CT"): ("normal", "MR"),

@@ -100,7 +100,7 @@ def test_three_arms_same_budget_rare_class_gain_and_ratio_sweep(sets, tmp_path, 
         return fit(self, x, y, **kw)
 
     monkeypatch.setattr(ImageClassifier, "fit", spy)
-    cfg = U.UtilityConfig(in_size=32, steps=60, seeds=2, seed=0)
+    cfg = U.UtilityConfig(in_size=32, steps=60, seeds=2, seed=0, channels=(8, 16))
     report = U.evaluate_utility(train, test, synthetic, tmp_path, cfg, ratios=[0.25, 0.45])
 
     assert json.loads((tmp_path / "utility.json").read_text()) == json.loads(json.dumps(report))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 import yaml
 
-from medsynth.models.artifact import save_model
+from medsynth.models.artifact import load_model, save_model
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
+from medsynth.seeding import derive_seed
 
 # One intra-op thread: the CI box has 2 cores shared by several jobs, and two spinning OpenMP
 # threads per test process run tiny convolutions tens of times slower than one.
@@ -115,3 +117,73 @@ def write_protocol(tmp_path):
         return path
 
     return write
+
+
+# The protocol seed and sampler settings the gated models' planted copies were drawn with.
+GATED_SEED = 777
+GATED_SAMPLER = {"method": "ddpm", "steps": 3, "guidance_scale": 3.0}
+GATED_CLASSES = (("normal", "CT"), ("nodule", "MR"))
+
+
+def _gated_model(model_dir: Path, target: Path, planted: list[tuple[str, str, int]]) -> Path:
+    """A copy of ``model_dir`` with a privacy index whose training set holds the exact first
+    attempt of the ``planted`` cases (pathology, modality, k) of a protocol with ``GATED_SEED``
+    and ``GATED_SAMPLER``, as a memorizing model would reproduce them. The other training and
+    all holdout scans are samples at unrelated seeds (40 holdout per class)."""
+    from medsynth.privacy.index import PrivacyIndex
+    from medsynth.sampling import Synthesizer
+
+    shutil.copytree(model_dir, target)
+    synth = Synthesizer(load_model(target))
+    settings = {
+        "num_inference_steps": GATED_SAMPLER["steps"],
+        "guidance_scale": GATED_SAMPLER["guidance_scale"],
+        "sampler": GATED_SAMPLER["method"],
+    }
+    train, train_groups, holdout, holdout_groups = [], [], [], []
+    for pathology, modality in GATED_CLASSES:
+        group = f"{pathology}/{modality}"
+        copies = [derive_seed(GATED_SEED, p, m, k, 0) for p, m, k in planted if (p, m) == (pathology, modality)]
+        fresh = [derive_seed("train", group, i) for i in range(24)]
+        held = [derive_seed("holdout", group, i) for i in range(40)]
+        for seeds, scans, groups in ((copies + fresh, train, train_groups), (held, holdout, holdout_groups)):
+            scans += synth.generate([pathology] * len(seeds), [modality] * len(seeds), seeds, **settings)
+            groups += [group] * len(seeds)
+    index = PrivacyIndex.build(
+        train,
+        holdout,
+        train_groups=train_groups,
+        holdout_groups=holdout_groups,
+        train_ids=[f"train-{i:05d}" for i in range(len(train))],
+        quantile=0.99,
+        run_selftest=False,  # the detector's own self-test belongs to tests/privacy
+    )
+    index.save(target / "privacy")
+    return target
+
+
+@pytest.fixture(scope="session")
+def gated_model(model_dirs, tmp_path_factory) -> Path:
+    """The 2D tiny model with a privacy index holding copies of normal-CT-00002, normal-CT-00004
+    and nodule-MR-00001 (a protocol chooses how many of them it asks for through its counts)."""
+    planted = [("normal", "CT", 2), ("normal", "CT", 4), ("nodule", "MR", 1)]
+    return _gated_model(model_dirs["2d"], tmp_path_factory.mktemp("gated") / "model", planted)
+
+
+@pytest.fixture(scope="session")
+def gated_protocol():
+    """``gated_protocol(model_dir, quotas, **privacy)``: a gate-on protocol matching the planted copies."""
+
+    def make(model_dir: Path, quotas: list[dict[str, Any]], **privacy: Any) -> dict[str, Any]:
+        return {
+            "protocol": 1,
+            "name": "gated",
+            "model": str(model_dir),
+            "seed": GATED_SEED,
+            "output": {"dir": "out", "formats": ["nifti"]},
+            "sampler": {**GATED_SAMPLER, "batch_size": 6},
+            "quotas": quotas,
+            "privacy": {"gate": True, "quantile": 0.99, **privacy},
+        }
+
+    return make

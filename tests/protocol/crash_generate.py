@@ -4,7 +4,6 @@ Usage: python crash_generate.py KIND N -- generate PROTOCOL [options]
 
 KIND, counted from the start of this process:
   after-append N    right after the N-th manifest line is written and fsynced
-  before-append N   when the N-th manifest line is due: the case's files are in place, no line yet
   mid-append N      after writing half of the N-th manifest line (a torn line)
   at-replace N      at the N-th rename of a finished temporary into place, before it happens
                     (a complete .tmp- file or DICOM folder is left, others of the case may exist)
@@ -37,8 +36,6 @@ def install(kind: str, n: int) -> None:
 
     def append(self, record):  # type: ignore[no-untyped-def]
         if self.path.name.startswith("manifest"):
-            if kind == "before-append" and due():
-                _die()
             if kind == "mid-append" and due():
                 data = (manifest.dumps(record) + "\n").encode()
                 os.write(self._fd, data[: len(data) // 2])

@@ -46,23 +46,28 @@ def _lines(out: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def crash_run(model_dirs, make_protocol, tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A protocol with batches [n0 n1 n2] [n3] [m0 m1 m2], and the tree of its uninterrupted run."""
+def crash_run(gated_model, gated_protocol, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A gated protocol with batches [n0 n1 n2] [n3] [m0 m1 m2], and the tree of its uninterrupted run.
+
+    The privacy index holds a copy of n2's first attempt, so n2 is flagged, recorded in
+    rejected.jsonl and resampled: resume must reproduce that too, and the privacy report.
+    """
     root = tmp_path_factory.mktemp("crash")
-    doc = make_protocol(
-        model_dirs["2d"],
-        output={"dir": "out", "formats": ["dicom", "nifti", "png"]},
-        sampler={"method": "ddpm", "steps": 3, "guidance_scale": 3.0, "batch_size": 3},
-        quotas=[
-            {"pathology": "normal", "modality": "CT", "count": 4},
-            {"pathology": "mass|nodule", "modality": "MR", "count": 3},
-        ],
-    )
+    quotas = [
+        {"pathology": "normal", "modality": "CT", "count": 4},
+        {"pathology": "mass|nodule", "modality": "MR", "count": 3},
+    ]
+    doc = gated_protocol(gated_model, quotas, alpha=0.001)
+    doc["output"]["formats"] = ["dicom", "nifti", "png"]
+    doc["sampler"]["batch_size"] = 3
     protocol = root / "protocol.yaml"
     protocol.write_text(yaml.safe_dump(doc))
     generate(protocol, out=root / "reference")
     tree = _tree(root / "reference")
     assert sum(1 for k in tree if k.startswith("nifti/")) == 7
+    rejected = [json.loads(x) for x in (root / "reference" / "rejected.jsonl").read_text().splitlines()]
+    assert ("normal-CT-00002", 0) in {(r["case_id"], r["attempt"]) for r in rejected}
+    assert "privacy_report.html" in tree
     return protocol, tree
 
 
@@ -79,10 +84,8 @@ def test_sigkill_at_chosen_moments_then_resume_equals_uninterrupted(crash_run, t
         ("after-append", 2, 2, None),
         # n2 done; n3's DICOM folder is in place, its NIfTI a finished temporary
         ("at-replace", 5, 3, lambda: list((out / "nifti").glob(".tmp-*")) and (out / "dicom/normal-CT-00003").is_dir()),
-        # n3's manifest line is torn in half
+        # n3's files are all in place again, its manifest line torn in half
         ("mid-append", 1, 3, lambda: not (out / "manifest.jsonl").read_text().endswith("\n")),
-        # n3 listed again; m0's files are all in place, without a manifest line
-        ("before-append", 2, 4, lambda: (out / "png/mass.nodule-MR-00000.png").is_file()),
     ]
     for kind, n, lines_after, state in moments:
         proc = _crash(kind, n, protocol, out)

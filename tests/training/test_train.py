@@ -13,7 +13,7 @@ from medsynth.models.artifact import load_model
 from medsynth.training import pipeline
 from medsynth.training.config import parse_config
 from medsynth.training.distributed import BatchOrder, DistContext
-from medsynth.training.loop import EarlyStopping, lr_factor
+from medsynth.training.loop import EarlyStopping, ema_decay_at, lr_factor, make_ema
 
 
 def _weights(model_dir) -> dict[str, torch.Tensor]:
@@ -131,3 +131,17 @@ def test_batch_order_is_a_function_of_step_and_shards_ranks():
     epoch0 = r0(0, 0) + r0(1, 0) + r1(0, 0) + r1(1, 0)
     assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 16  # disjoint shards
     assert again(3, 0) == r0(3, 0) and r0(2, 0) != r0(0, 0)  # new permutation each epoch
+
+
+def test_ema_warms_up_then_follows_the_decay():
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(1000, 0.999) == pytest.approx(1001 / 1010)
+    assert ema_decay_at(20000, 0.999) == 0.999
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = make_ema(net, decay=0.999)
+    ema.update_parameters(net)  # first update copies
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update_parameters(net)  # n=1: decay 2/11
+    assert float(ema.module.weight.detach()) == pytest.approx(1 - 2 / 11)
