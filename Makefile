@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 	  $(BIN)/pip install "torch>=2.4,<3"; \
 	else \
 	  echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
-	  $(BIN)/pip install --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
-	    || $(BIN)/pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+	  if $(BIN)/pip install --no-deps --no-index "torch==$(TORCH_VERSION)" 2>/dev/null; then \
+	    $(BIN)/pip install "torch==$(TORCH_VERSION)"; \
+	  else \
+	    $(BIN)/pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
+	  fi; \
 	fi
 	$(BIN)/pip install -e ".[dev]"
 	touch $(STAMP)
