@@ -13,6 +13,15 @@ from typing import Optional
 import click
 import typer
 
+try:  # typer >= 0.25 vendors its own click: its exceptions are not click's
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_USAGE = (click.exceptions.ClickException, _typer_click.ClickException)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+
 from medsynth import __version__
 from medsynth.errors import MedsynthError
 
@@ -180,7 +189,15 @@ def _convert(
 
 
 # --- protocol (medsynth.protocol): validate, generate, demo, protocol-schema ------------------
-def _run_protocol(protocol: str, out: Optional[str], device: str, as_json: bool, force: bool) -> None:
+_THREADS_HELP = (
+    "CPU threads for sampling (default: torch's, one per core). On a machine shared with other "
+    "jobs, fewer threads than cores avoids oversubscription, which can slow sampling many times."
+)
+
+
+def _run_protocol(
+    protocol: str, out: Optional[str], device: str, as_json: bool, force: bool, threads: Optional[int]
+) -> None:
     import json
 
     from medsynth.errors import PrivacyError
@@ -194,6 +211,10 @@ def _run_protocol(protocol: str, out: Optional[str], device: str, as_json: bool,
             for line in format_summary(summary):
                 typer.echo(line)
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         result = generate(
             protocol, out=out, device=device, force=force, progress=JsonProgress() if as_json else RichProgress()
@@ -239,12 +260,13 @@ def _generate(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun: each rank's GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable progress: one JSON object per line."),
     force: bool = typer.Option(False, "--force", help="Discard an existing run in the output folder; start over."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
 ) -> None:
     """Generate exactly the protocol's quotas, gated for memorization; rerun to resume.
 
     Exit status: 0 success, 2 bad input, 3 the privacy gate failed the run.
     """
-    _run_protocol(protocol, out, device, as_json, force)
+    _run_protocol(protocol, out, device, as_json, force, threads)
 
 
 @app.command("demo")
@@ -252,13 +274,14 @@ def _demo(
     out: str = typer.Option("demo-output", "--out", help="Output folder."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable progress lines."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
 ) -> None:
     """Run the shipped demo protocol end to end (2D phantoms, DICOM + NIfTI + PNG, privacy report)."""
     from medsynth.protocol import DEMO_PROTOCOL
 
     if not as_json:
         typer.echo(f"medsynth demo: running {DEMO_PROTOCOL} into {out}")
-    _run_protocol(str(DEMO_PROTOCOL), out, device, as_json, False)
+    _run_protocol(str(DEMO_PROTOCOL), out, device, as_json, False, threads)
 
 
 @app.command("protocol-schema")
@@ -350,12 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="medsynth", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return exc.exit_code
-    except click.exceptions.ClickException as exc:  # usage errors: unknown option, missing arg
+    except _USAGE as exc:  # usage errors: unknown option, missing arg
         exc.show()
         return 2
-    except click.exceptions.Abort:
+    except _ABORT:
         print("medsynth: error: aborted", file=sys.stderr)
         return 130
     except MedsynthError as exc:

@@ -15,19 +15,17 @@ from medsynth.io.atomic import atomic_path
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]):  # noqa: ANN202 - matplotlib types
-    import matplotlib
+    # A Figure outside pyplot: files only, and no global backend switch that would stop a
+    # notebook from drawing inline afterwards.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
-    return plt, fig, axes
+    fig = Figure(figsize=size)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _save(plt, fig, path: Path, dpi: int) -> Path:  # noqa: ANN001
+def _save(fig, path: Path, dpi: int) -> Path:  # noqa: ANN001
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -54,7 +52,7 @@ def sample_grid(
         per_row: images shown per set.
     """
     classes = list(rows)
-    plt, fig, axes = _figure(2 * len(classes), per_row, (1.1 * per_row, 2.3 * len(classes)))
+    fig, axes = _figure(2 * len(classes), per_row, (1.1 * per_row, 2.3 * len(classes)))
     for r, cls in enumerate(classes):
         for k, (kind, images) in enumerate(zip(("real", "synthetic"), rows[cls])):
             for c in range(per_row):
@@ -68,7 +66,7 @@ def sample_grid(
                 if c == 0:
                     ax.set_ylabel(f"{cls}\n{kind}", fontsize=7)
     fig.suptitle("real (top) vs synthetic (bottom) per class", fontsize=9)
-    return _save(plt, fig, Path(path), dpi)
+    return _save(fig, Path(path), dpi)
 
 
 def metric_bars(
@@ -86,7 +84,7 @@ def metric_bars(
     names = list(metrics)
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
-    plt, fig, axes = _figure(nrows, ncols, (2.4 * ncols, 2.0 * nrows))
+    fig, axes = _figure(nrows, ncols, (2.4 * ncols, 2.0 * nrows))
     colours = ("#4c72b0", "#999999", "#dd8452", "#55a868")
     for i, name in enumerate(names):
         ax = axes[i // ncols, i % ncols]
@@ -100,7 +98,7 @@ def metric_bars(
         axes[j // ncols, j % ncols].axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(plt, fig, Path(path), dpi)
+    return _save(fig, Path(path), dpi)
 
 
 def arm_bars(
@@ -117,7 +115,7 @@ def arm_bars(
     """
     arm_names = list(arms)
     metric_names = list(next(iter(arms.values())))
-    plt, fig, axes = _figure(1, 1, (1.3 + 1.4 * len(metric_names), 2.6))
+    fig, axes = _figure(1, 1, (1.3 + 1.4 * len(metric_names), 2.6))
     ax = axes[0, 0]
     width = 0.8 / len(arm_names)
     for a, arm in enumerate(arm_names):
@@ -134,7 +132,7 @@ def arm_bars(
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=9)
-    return _save(plt, fig, Path(path), dpi)
+    return _save(fig, Path(path), dpi)
 
 
 def metric_curves(
@@ -154,7 +152,7 @@ def metric_curves(
         curves: metric -> (means, ci_lows, ci_highs), one entry per ``x``.
         baselines: metric -> value drawn as a dashed line of the same colour (e.g. the real arm).
     """
-    plt, fig, axes = _figure(1, 1, (4.2, 2.8))
+    fig, axes = _figure(1, 1, (4.2, 2.8))
     ax = axes[0, 0]
     for i, (name, (mean, lo, hi)) in enumerate(curves.items()):
         colour = f"C{i}"
@@ -168,4 +166,4 @@ def metric_curves(
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(plt, fig, Path(path), dpi)
+    return _save(fig, Path(path), dpi)

@@ -20,22 +20,22 @@ from medsynth.privacy.features import display_image
 from medsynth.privacy.index import PrivacyIndex, PrivacyVerdict, closer_to_train_test
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
+def _figure(**kw: Any) -> Any:
+    """A Figure outside pyplot: no global backend switch, so notebooks keep drawing inline."""
+    from matplotlib.figure import Figure
 
+    return Figure(**kw)
+
+
+def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _histogram(index: PrivacyIndex, synthetic: np.ndarray, tau: float) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig = _figure(figsize=(7, 3.2))
+    ax = fig.subplots()
     bins = np.linspace(-0.2, 1.0, 61)
     for scores, label in (
         (index.holdout_scores, "holdout → train"),
@@ -51,9 +51,8 @@ def _histogram(index: PrivacyIndex, synthetic: np.ndarray, tau: float) -> str:
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(3.2, 1.7))
+    fig = _figure(figsize=(3.2, 1.7))
+    axes = fig.subplots(1, 2)
     for ax, img, title in zip(axes, (a, b), ("synthetic", "nearest training")):
         ax.imshow(display_image(img), cmap="gray")
         ax.set_title(title, fontsize=7)
