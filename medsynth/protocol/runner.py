@@ -639,11 +639,30 @@ def generate(
         >>> result.summary["written"]                                     # doctest: +SKIP
     """
     plan = validate_protocol(protocol, out=out)
-    progress = progress or Progress()
+    try:
+        result = _execute(plan, device, force, progress or Progress())
+    except OSError as exc:  # disk full, permissions, a vanished mount: the user's to fix
+        where = exc.filename or plan.output_dir
+        raise InputError(
+            f"{where}: {exc.strerror or exc}; free space or fix permissions, then run the same command "
+            "again to resume"
+        ) from None
+    if not result.passed:
+        err = PrivacyError(
+            "privacy gate failed the run: " + "; ".join(result.summary["privacy"]["reasons"])
+            + f" (report: {plan.output_dir / 'privacy_report.html'}; dataset.json was not written)"
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def _execute(plan: RunPlan, device: str, force: bool, progress: Progress) -> RunResult:
+    """Run ``plan`` in this process (one rank of a torchrun job, or everything)."""
+    from medsynth.models.artifact import model_sha256
+
     with _Dist.from_env() as dist:
         run = _Run(plan, dist, resolve_device(device, dist.local_rank), force, progress)
-        from medsynth.models.artifact import model_sha256
-
         run.model_sha = model_sha256(plan.model.path)
         if dist.rank == 0:
             run.prepare_output()
@@ -661,12 +680,4 @@ def generate(
         dist.barrier()
         if dist.rank != 0:
             return RunResult(plan.output_dir, {"rank": dist.rank, "privacy": {}})
-        result = run.finalize(gate_failure)
-    if not result.passed:
-        err = PrivacyError(
-            "privacy gate failed the run: " + "; ".join(result.summary["privacy"]["reasons"])
-            + f" (report: {plan.output_dir / 'privacy_report.html'}; dataset.json was not written)"
-        )
-        err.result = result  # type: ignore[attr-defined]
-        raise err
-    return result
+        return run.finalize(gate_failure)

@@ -252,3 +252,12 @@ def test_generate_validates_first(text, write_protocol, tmp_path, capsys):
     assert main(["generate", str(write_protocol(text))]) == 2
     assert "name: a required key is missing" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_unusable_output_folders_are_clean_errors(model_dirs, make_protocol, write_protocol, tmp_path, capsys):
+    path = write_protocol(make_protocol(model_dirs["2d"]))
+    (tmp_path / "afile").write_text("x")
+    for out, words in [(tmp_path / "afile", "is a file"), (Path("/proc/medsynth-cannot-exist"), "run the same command")]:
+        assert main(["generate", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"medsynth: error: {out}") and words in err[0], err
