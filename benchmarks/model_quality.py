@@ -97,7 +97,18 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sampler = args.sampler or synth.default_sampler
     print(f"{args.model}: {dim}D {size}, classes {[_label(*c) for c in classes]}", flush=True)
 
-    clf = train_classifier(classes, dim, size, args.n_train, in_size, args.epochs, args.clf_batch_size, args.seed)
+    cache, n_train = args.classifier_dir, args.n_train
+    loaded = cache is not None and (cache / "config.json").is_file()
+    if loaded:
+        clf = ImageClassifier.load(cache)  # trained on the same real phantoms by an earlier run
+        n_train = json.loads((cache / "trained_on.json").read_text())["n_train_per_class"]
+        if list(clf.classes) != [_label(p, m) for p, m in classes] or clf.config.in_size != in_size:
+            raise SystemExit(f"{cache}: classifier classes/in_size do not match this model; remove it to retrain")
+    else:
+        clf = train_classifier(classes, dim, size, n_train, in_size, args.epochs, args.clf_batch_size, args.seed)
+        if cache is not None:
+            clf.save(cache)
+            atomic_write_text(cache / "trained_on.json", json.dumps({"n_train_per_class": n_train}) + "\n")
     real_test = real_phantoms(classes, "test", args.n, dim, size)
     wanted = [_label(p, m) for p, m in classes for _ in range(args.n)]
     real_acc = accuracy(clf, real_test, wanted, in_size)
@@ -141,8 +152,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": sampler,
         "guidance_scale": args.guidance,
         "n_per_class": args.n,
-        "classifier": {"n_train_per_class": args.n_train, "in_size": in_size, "epochs": args.epochs,
-                       "batch_size": args.clf_batch_size,
+        "classifier": {"n_train_per_class": n_train, "in_size": in_size, "epochs": clf.config.epochs,
+                       "batch_size": clf.config.batch_size, "seed": clf.config.seed,
+                       "loaded_from": str(cache) if loaded else None,
                        "real_heldout_accuracy": real_acc},
         "by_steps": by_steps,
         "diversity_steps": args.diversity_steps if diversity else None,
@@ -199,6 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-train", type=int, default=200, help="real training phantoms per class for the classifier")
     ap.add_argument("--epochs", type=int, default=6, help="classifier epochs")
     ap.add_argument("--clf-batch-size", type=int, default=16, help="classifier batch size")
+    ap.add_argument("--classifier-dir", type=Path, default=None,
+                    help="load the classifier from here if present, else train it and save it here")
     ap.add_argument("--in-size", type=int, default=None, help="classifier input size (default: the model grid)")
     ap.add_argument("--steps", type=_int_list, default=[5, 10, 15, 20, 25, 50], help="comma-separated step counts")
     ap.add_argument("--diversity-steps", type=int, default=20, help="step count whose samples get the diversity figure")

@@ -56,6 +56,7 @@ DATA = {  # name: (dataset seed, class counts); different seeds share no subject
     "oracle": (505, {(RARE, "CT"): 300}),  # real nodules from new subjects: the ceiling
 }
 PROTOCOL_SEED = 20261121
+SAMPLER = {"method": "dpm++", "steps": 20}  # --sampler/--sampler-steps override it
 N_SYNTHETIC = 300
 GUIDANCES = (1.0, 3.0, 6.0)
 MAIN_GUIDANCE = 3.0
@@ -166,7 +167,7 @@ description: synthetic {RARE} cases for the utility claim (benchmarks/utility_cl
 model: {model}
 seed: {PROTOCOL_SEED}
 output: {{dir: {out}, formats: [nifti]}}
-sampler: {{method: dpm++, steps: 20, guidance_scale: {guidance}, batch_size: 32}}
+sampler: {{method: {SAMPLER["method"]}, steps: {SAMPLER["steps"]}, guidance_scale: {guidance}, batch_size: 32}}
 quotas:
   - {{pathology: {RARE}, modality: CT, count: {N_SYNTHETIC}}}
 privacy: {{gate: {str(gate).lower()}, quantile: 0.99, on_flag: resample, max_attempts: 3}}
@@ -194,6 +195,23 @@ def paired_gain(a: dict, b: dict, key: str, cls: str | None = None) -> dict:
     diffs = [100 * (val(y) - val(x)) for x, y in zip(a["per_seed"], b["per_seed"])]
     lo, hi = t_interval(diffs)
     return {"mean": sum(diffs) / len(diffs), "ci95": [lo, hi], "per_seed": diffs}
+
+
+def autoencoder_roundtrip(model_dir: Path, data):  # noqa: ANN001, ANN201 - LabelledScans in and out
+    """``data`` passed through the model's autoencoder (to_model -> encode -> decode -> from_model)."""
+    import torch
+
+    from medsynth.evaluation.sources import LabelledScans
+    from medsynth.models.artifact import load_model
+
+    model = load_model(model_dir)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(data), 50):
+            x = torch.stack([model.preprocessing.to_model(s) for s in data.scans[i : i + 50]])
+            for z, mod in zip(model.decode(model.encode(x)), data.modalities[i : i + 50]):
+                out.append(model.preprocessing.from_model(z, mod))
+    return LabelledScans(out, list(data.pathologies), list(data.modalities))
 
 
 def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -> dict:
@@ -240,7 +258,11 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
         }
 
     by_guidance = {name: extra(name, s) for name, s in syn.items() if name != main_name}
-    oracle = extra("oracle", load_labelled(d / "oracle.csv", role="oracle"))
+    oracle_set = load_labelled(d / "oracle.csv", role="oracle")
+    oracle = extra("oracle", oracle_set)
+    # The autoencoder's ceiling: the oracle nodules after encode -> decode through the model. No
+    # sample of the diffusion model can show more of a nodule than its decoder can draw.
+    ae_ceiling = extra("autoencoder_ceiling", autoencoder_roundtrip(WORK / "model", oracle_set))
 
     by_count = {}
     for key, r in main["ratios"].items():
@@ -295,6 +317,7 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
         "by_count": by_count,
         "by_guidance_or_gate": by_guidance,
         "oracle_real_nodules": oracle,
+        "autoencoder_ceiling": ae_ceiling,
         "fidelity": {"metrics": fid["metrics"], "per_class": fid["per_class"]},
         "seconds": {k: round(v) for k, v in timings.items()},
         "plots": [p.name for p in plot_files] + [f"main/{p}" for p in main["plots"]]
@@ -323,10 +346,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", choices=("all", "data", "train", "generate", "evaluate"), default="all")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=1000, help="classifier steps per run (every arm)")
+    ap.add_argument("--steps", type=int, default=300, help="classifier steps per run (every arm)")
+    ap.add_argument("--sampler", default=SAMPLER["method"], help="protocol sampler.method")
+    ap.add_argument("--sampler-steps", type=int, default=SAMPLER["steps"], help="protocol sampler.steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--docs", action="store_true", help="copy the plots to docs/img/")
     args = ap.parse_args()
+    SAMPLER.update(method=args.sampler, steps=args.sampler_steps)
     WORK.mkdir(parents=True, exist_ok=True)
     if args.stage in ("all", "data"):
         make_data()

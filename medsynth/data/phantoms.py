@@ -918,8 +918,8 @@ def phantom_dataset(
     Cases are balanced over the (pathology, modality) classes (round robin), or follow
     ``class_counts`` exactly, e.g. ``{("nodule", "CT"): 10, ("normal", "CT"): 300}`` for an
     imbalanced set (then ``count`` must equal the total). Each case is a different subject
-    ``phantom-NNNNN`` whose anatomy seed is ``derive_seed(seed, "phantom-subject", NNNNN)``, so two
-    datasets with different ``seed`` share no subject. Files are named ``case-NNNNN`` (a
+    ``phantom-sSEED-NNNNN`` whose anatomy seed is ``derive_seed(seed, "phantom-subject", NNNNN)``, so
+    two datasets with different ``seed`` share no subject (and say so in their subject column). Files are named ``case-NNNNN`` (a
     ``.nii.gz``, ``.png`` or DICOM folder) and are written atomically; labels.csv is written
     last and lists ``path`` (relative to OUT), ``pathology`` (``|``-joined when several),
     ``modality``, ``split`` (train/val/test ~80/10/10 within each class) and ``subject``.
@@ -966,7 +966,7 @@ def phantom_dataset(
             dim=dim, pathologies=label, modality=mod, seed=derive_seed(seed, "phantom-subject", i), size=size
         )
         written = write_scan(scan, out / case, fmt, case_id=case)
-        writer.writerow([written.relative_to(out).as_posix(), label, mod, split, f"phantom-{i:0{width}d}"])
+        writer.writerow([written.relative_to(out).as_posix(), label, mod, split, f"phantom-s{seed}-{i:0{width}d}"])
     csv_path = out / "labels.csv"
     atomic_write_text(csv_path, buf.getvalue())
     return csv_path

@@ -1,89 +1,150 @@
-"""`medsynth privacy-check` and `medsynth privacy-index`: the check on any synthetic set."""
+"""`medsynth privacy-check` and `medsynth privacy-index`: the check on any synthetic set.
+
+Scans are read one at a time from their files (lazy sequences), so large data sets do not
+have to fit in memory; only their feature maps are kept.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from medsynth.errors import InputError, PrivacyError
-from medsynth.privacy.index import PrivacyIndex, build_index_for_model, flagged_rate_test
+from medsynth.io.scan import Scan
+from medsynth.privacy.calibration import check_quantile, flagged_rate_test
+from medsynth.privacy.index import PrivacyIndex, build_index_for_model, check_disjoint
 
 
-def _catalog(csv: Path):
+def _catalog(csv: Path) -> Any:
     from medsynth.data.catalog import Catalog
 
     return Catalog.from_csv(csv)
 
 
-def _load_all(catalog) -> tuple[list, list[str], list[str]]:
-    scans = [catalog.load(i) for i in range(len(catalog))]
+class _Lazy(Sequence):
+    """Scans read on demand by ``load(i)``."""
+
+    def __init__(self, n: int, load: Any) -> None:
+        self.n, self.load = n, load
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.load(i % self.n)
+
+    def __iter__(self) -> Iterator[Scan]:
+        return (self.load(i) for i in range(self.n))
+
+
+def _dataset(catalog: Any) -> tuple[Sequence[Scan], list[str], list[str]]:
+    """Lazy scans, groups and paths of a catalog."""
     groups = [f"{r.pathology}/{r.modality}" for r in catalog.records]
-    paths = [str(r.path) for r in catalog.records]
-    return scans, groups, paths
+    return _Lazy(len(catalog), catalog.load), groups, [str(r.path) for r in catalog.records]
 
 
-def _synthetic(source: Path) -> tuple[list, list[str], list[str]]:
-    """Scans, groups and ids of a dataset CSV or a medsynth output directory (manifest.jsonl)."""
+def _manifest(source: Path) -> tuple[Sequence[Scan], list[str], list[str]]:
+    """Lazy scans, groups and case ids of a medsynth output directory (its manifest.jsonl)."""
     from medsynth.io import read_scan
 
-    if source.is_dir():
-        manifest = source / "manifest.jsonl"
-        if not manifest.is_file():
-            raise InputError(f"{source}: not a medsynth output directory (no manifest.jsonl); pass a dataset CSV instead")
-        scans, groups, ids = [], [], []
-        for n, line in enumerate(manifest.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                files = rec["files"]
-                rel = files.get("nifti") or files.get("dicom") or files.get("png")
-                scans.append(read_scan(source / rel, modality=rec["modality"]))
-                groups.append(f"{rec['pathology']}/{rec['modality']}")
-                ids.append(rec["case_id"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InputError(f"{manifest}:{n}: not a manifest line ({exc})") from None
-        return scans, groups, ids
-    return _load_all(_catalog(source))
+    manifest = source / "manifest.jsonl"
+    if not manifest.is_file():
+        raise InputError(f"{source}: not a medsynth output directory (no manifest.jsonl); pass a dataset CSV instead")
+    entries = []
+    for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            files = rec["files"]
+            # NIfTI first: float values as generated; then DICOM; PNG (8-bit, windowed) last.
+            rel = next(files[f] for f in ("nifti", "dicom", "png") if f in files)
+            entries.append((source / rel, str(rec["modality"]), f"{rec['pathology']}/{rec['modality']}", str(rec["case_id"])))
+        except (ValueError, KeyError, TypeError, StopIteration) as exc:
+            raise InputError(
+                f"{manifest}: line {n} is not a manifest line with case_id, pathology, modality and "
+                f"files {{nifti|dicom|png: path}} ({type(exc).__name__}: {exc})"
+            ) from None
+    if not entries:
+        raise InputError(f"{manifest}: no cases listed; nothing to check")
+
+    def load(i: int) -> Scan:
+        return read_scan(entries[i][0], modality=entries[i][1])
+
+    return _Lazy(len(entries), load), [e[2] for e in entries], [e[3] for e in entries]
 
 
-def privacy_check(train: Path, holdout: Path, synthetic: Path, out: Path, quantile: float, strict: bool) -> dict:
-    """Check ``synthetic`` against ``train`` (calibrated on ``holdout``), write the report.
+def privacy_check(
+    train: Path, holdout: Path, synthetic: Path, out: Path, quantile: float = 0.99, strict: bool = False
+) -> dict[str, Any]:
+    """Check ``synthetic`` against ``train`` (calibrated on ``holdout``) and write the report.
 
-    The run fails (``PrivacyError``, exit 3) when the flagged rate is significantly above
-    1 - quantile (one-sided binomial, alpha 0.01), or with ``strict`` when any case is flagged.
+    Args:
+        train, holdout: dataset CSVs (``path,pathology,modality[,split,subject]``); disjoint.
+        synthetic: a dataset CSV or a medsynth output directory (``manifest.jsonl``).
+        out: folder for ``privacy_report.json`` and ``privacy_report.html``.
+        quantile: tau is this quantile of holdout->train similarity.
+        strict: fail when any case is flagged.
+
+    Returns:
+        ``{"checked", "flagged", "rate_pvalue", "failed", "report"}``.
+
+    Raises:
+        InputError: unreadable or overlapping inputs (exit 2).
+        PrivacyError: the flagged rate is significantly above ``1 - quantile`` (one-sided
+            binomial, alpha 0.01), or with ``strict`` any case is flagged (exit 3). The report
+            is written first.
     """
     from medsynth.privacy.report import write_report
 
-    tr_scans, tr_groups, tr_paths = _load_all(_catalog(train))
-    ho_scans, ho_groups, _ = _load_all(_catalog(holdout))
-    sy_scans, sy_groups, sy_ids = _synthetic(synthetic)
-    if not sy_scans:
-        raise InputError(f"{synthetic}: no synthetic scans to check")
-    # Here the user holds the training data, so the report names training scans by their paths.
+    q = check_quantile(quantile, "--quantile")
+    train_cat, holdout_cat = _catalog(train), _catalog(holdout)
+    check_disjoint(train_cat, holdout_cat)
+    tr_scans, tr_groups, tr_paths = _dataset(train_cat)
+    ho_scans, ho_groups, _ = _dataset(holdout_cat)
+    if synthetic.is_dir():
+        sy_scans, sy_groups, sy_ids = _manifest(synthetic)
+    else:
+        sy_scans, sy_groups, sy_ids = _dataset(_catalog(synthetic))
+    # Here the user holds the training data, so the report names training scans by their paths
+    # (this index is never saved).
     index = PrivacyIndex.build(
-        tr_scans, ho_scans, train_groups=tr_groups, holdout_groups=ho_groups, train_ids=tr_paths, quantile=quantile
+        tr_scans, ho_scans, train_groups=tr_groups, holdout_groups=ho_groups, train_ids=tr_paths, quantile=q
     )
-    verdicts = index.check(sy_scans, sy_groups)
+    verdicts = index.check(sy_scans, sy_groups, names=sy_ids)
     n_flagged = sum(not v.passed for v in verdicts)
-    pvalue, failed = flagged_rate_test(n_flagged, len(verdicts), quantile)
-    settings = {"quantile": quantile, "strict": strict, "train": str(train), "holdout": str(holdout),
-                "synthetic": str(synthetic)}
-    write_report(out, index=index, synthetic_ids=sy_ids, verdicts=verdicts, settings=settings)
-    result = {"checked": len(verdicts), "flagged": n_flagged, "rate_pvalue": pvalue,
-              "failed": bool(failed or (strict and n_flagged > 0)), "report": str(out / "privacy_report.html")}
+    pvalue, failed = flagged_rate_test(n_flagged, len(verdicts), q)
+    settings = {"quantile": q, "strict": strict, "train": str(train), "holdout": str(holdout), "synthetic": str(synthetic)}
+    _, html_path = write_report(out, index=index, synthetic_ids=sy_ids, verdicts=verdicts, settings=settings)
+    result = {
+        "checked": len(verdicts),
+        "flagged": n_flagged,
+        "rate_pvalue": pvalue,
+        "failed": bool(failed or (strict and n_flagged > 0)),
+        "report": str(html_path),
+    }
     if result["failed"]:
+        why = "--strict and at least one case is flagged" if not failed else (
+            f"binomial p={pvalue:.3g} against the {1 - q:.1%} expected of new scans"
+        )
         raise PrivacyError(
             f"{n_flagged} of {len(verdicts)} synthetic scans flagged as near copies of training scans "
-            f"(binomial p={pvalue:.3g} against the {1 - quantile:.1%} expected); report: {result['report']}"
+            f"({why}); report: {result['report']}"
         )
     return result
 
 
-def privacy_index(model: str, train: Path, holdout: Path, quantile: float) -> Path:
-    """Rebuild ``MODEL/privacy`` from the training and holdout CSVs."""
+def privacy_index(model: str, train: Path, holdout: Path, quantile: float = 0.99) -> Path:
+    """Rebuild ``MODEL/privacy`` from the training and holdout CSVs; return its path."""
     from medsynth.models.artifact import resolve_model_path
 
+    q = check_quantile(quantile, "--quantile")
     model_dir = resolve_model_path(model)
-    build_index_for_model(model_dir, _catalog(train), _catalog(holdout), quantile=quantile)
+    build_index_for_model(model_dir, _catalog(train), _catalog(holdout), quantile=q)
     return model_dir / "privacy"

@@ -4,10 +4,10 @@ Feature maps (``features.py``) are body-standardised, pose-normalised and band-l
 zero (the body mean) outside the body, so they are already zero-mean. The similarity of a
 query ``q`` with field of view ``m`` and a reference ``c`` shifted by ``s`` is
 
-    NCC(s) = <m q, c_s> / (|m q| * |m c_s|)
+    NCC(s) = sum(m q c_s) / sqrt(sum(m q^2) * sum(m c_s^2))
 
-a cosine over the query's field of view (Padfield's masked NCC without re-centring, which the
-zero-mean maps make unnecessary). Where the query sees everything (``m = 1``) it is the plain
+a cosine weighted by the query's field of view (Padfield's masked NCC without re-centring, which
+the zero-mean maps make unnecessary; ``m`` is fractional at edges after interpolation). Where the query sees everything (``m = 1``) it is the plain
 NCC; where it was cropped through the body, the missing part counts neither way. An overlap
 holding less than ``min_overlap`` of the reference's energy scores 0, so a small crop cannot
 match everything. Shifts are searched by FFT: both terms are *circular* cross-correlations
@@ -62,7 +62,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 PRESELECT = 4  # step 1 keeps PRESELECT * k references for the masked re-ranking of step 2
 # Step 3 tries each candidate's transform and these (zoom, rotation) index steps around it.
 STENCIL = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
-REFINE_STEPS = 5  # probe-and-parabola rounds of the continuous refinement (the probe halves each round)
+# Rounds of the continuous refinement (the probe halves each round): on the ``refine`` best
+# candidates, then on the leader alone.
+REFINE_ROUNDS = (2, 3)
 
 
 def _default_zooms() -> tuple[float, ...]:
@@ -80,8 +82,9 @@ class Envelope:
         max_shift: largest shift per axis, in feature pixels.
         k: candidates kept for the shift search (step 3).
         refine: candidates refined at full resolution (step 4).
-        thumb: thumbnail side (steps 1 to 3); must divide the map side.
+        thumb: thumbnail side (step 1); must divide the map side.
         min_overlap: least share of a reference's energy the query's field of view must cover.
+        rerank_full: step 2 at full resolution (else on thumbnails: 8x cheaper in 3D).
     """
 
     zooms: tuple[float, ...] = field(default_factory=_default_zooms)
@@ -91,6 +94,7 @@ class Envelope:
     refine: int = 3
     thumb: int = 16
     min_overlap: float = 0.5
+    rerank_full: bool = True
 
     def __post_init__(self) -> None:
         if len(self.zooms) % 2 == 0 or self.zooms[len(self.zooms) // 2] != 1.0:
@@ -100,8 +104,8 @@ class Envelope:
 
     @classmethod
     def default(cls, spatial_dims: int) -> "Envelope":
-        """The 2D defaults; in 3D (16^3 maps) 8^3 thumbnails and shifts up to 2 pixels."""
-        return cls() if spatial_dims == 2 else cls(max_shift=2, thumb=8)
+        """The 2D defaults; in 3D (16^3 maps) 8^3 thumbnails, shifts up to 2 pixels, step 2 on thumbnails."""
+        return cls() if spatial_dims == 2 else cls(max_shift=2, thumb=8, rerank_full=False)
 
     def to_dict(self) -> dict:
         return {
@@ -112,6 +116,7 @@ class Envelope:
             "refine": self.refine,
             "thumb": self.thumb,
             "min_overlap": self.min_overlap,
+            "rerank_full": self.rerank_full,
         }
 
     @classmethod
@@ -142,6 +147,21 @@ def _flip_sets(dims: int) -> list[tuple[int, ...]]:
     return [tuple(a for a in range(dims) if (m >> a) & 1) for m in range(2**dims)]
 
 
+_BASE_GRIDS: dict[tuple[int, ...], torch.Tensor] = {}
+
+
+def _affine_grid(thetas: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``F.affine_grid(thetas, [B, C, *size], align_corners=False)`` as one matmul with a cached
+    base grid (3-4x faster on CPU, where affine_grid rebuilds the base grid on every call)."""
+    if size not in _BASE_GRIDS:
+        axes = [(torch.arange(n, dtype=torch.float32) * 2 + 1) / n - 1 for n in size]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        # grid coordinates are in reversed axis order (x = last axis), then the constant 1
+        _BASE_GRIDS[size] = torch.stack([*mesh[::-1], torch.ones_like(mesh[0])], dim=-1).reshape(-1, len(size) + 1)
+    base = _BASE_GRIDS[size]
+    return (base @ thetas.transpose(1, 2)).reshape(thetas.shape[0], *size, len(size))
+
+
 def _warp(x: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
     """Variants of each multi-channel map.
 
@@ -155,10 +175,10 @@ def _warp(x: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
     n, ch, g = x.shape[0], x.shape[1], tuple(x.shape[2:])
     v = thetas.shape[-3]
     if thetas.dim() == 3:  # one sampling grid per variant, shared by every map
-        grid = F.affine_grid(thetas, [v, ch, *g], align_corners=False)
+        grid = _affine_grid(thetas, g)
         grid = grid[None].expand(n, *grid.shape).reshape(n * v, *grid.shape[1:])
     else:
-        grid = F.affine_grid(thetas.reshape(n * v, *thetas.shape[2:]), [n * v, ch, *g], align_corners=False)
+        grid = _affine_grid(thetas.reshape(n * v, *thetas.shape[2:]), g)
     src = x[:, None].expand(n, v, ch, *g).reshape(n * v, ch, *g)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(n, v, ch, *g)
@@ -187,18 +207,17 @@ def _sumsq(x: torch.Tensor, dims: int) -> torch.Tensor:
     return x.pow(2).flatten(-dims).sum(-1)
 
 
-def _masked_cosine(mq: torch.Tensor, m: torch.Tensor, ref: torch.Tensor, min_overlap: float) -> torch.Tensor:
-    """Masked NCC of flattened, aligned pairs: <m q, c> / (|m q| |m c|), 0 below the overlap.
+def _guarded_ncc(
+    num: torch.Tensor, q_energy: torch.Tensor, energy: torch.Tensor, ref_energy: torch.Tensor, min_overlap: float
+) -> torch.Tensor:
+    """``num / sqrt(q_energy * energy)``, 0 where the overlap holds too little of the reference.
 
-    ``mq`` and ``m`` are (..., t); ``ref`` broadcasts against them.
+    With ``num = sum m q c``, ``q_energy = sum m q^2`` and ``energy = sum m c^2`` this is a cosine
+    weighted by the field of view ``m`` (fractional at edges after interpolation), so it cannot
+    exceed 1 (Cauchy-Schwarz); the clamp only removes rounding.
     """
-    num = (mq * ref).sum(-1)
-    energy = (m * ref.pow(2)).sum(-1)
-    ref_energy = ref.pow(2).sum(-1)
-    q_norm = mq.norm(dim=-1)
-    ok = (energy >= min_overlap * ref_energy) & (ref_energy > 0) & (q_norm > 0)
-    ncc = num / (q_norm * energy.clamp_min(1e-12).sqrt()).clamp_min(1e-12)
-    # Rounding can overshoot 1 by ~1e-6.
+    ok = (energy >= min_overlap * ref_energy) & (ref_energy > 0) & (q_energy > 0)
+    ncc = num / (q_energy * energy).clamp_min(1e-24).sqrt()
     return torch.where(ok, ncc, torch.zeros_like(ncc)).clamp(-1.0, 1.0)
 
 
@@ -327,19 +346,20 @@ class FeatureSearch:
             rows = torch.nonzero(exclude >= 0).flatten()
             dense[rows, exclude[rows]] = -math.inf
             pre = dense.topk(k1, dim=1).indices
-        # Step 2: masked NCC at zero shift, full resolution, every envelope variant x preselected
-        # reference (the thumbnails rank look-alike subjects too coarsely for this).
-        full = self._flipped(_warp(qm, self._envelope_thetas))  # (n, flips, zooms x rotations, 2, *g)
-        nflip, nzr = full.shape[1], full.shape[2]
+        # Step 2: masked NCC at zero shift, every envelope variant x preselected reference, at
+        # full resolution where affordable (2D: thumbnails rank look-alike subjects too coarsely).
+        if self.envelope.rerank_full:
+            full, ref = self._flipped(_warp(qm, self._envelope_thetas)), self.maps
+        else:
+            full, ref = self._flipped(_warp(_pool(qm, self.envelope.thumb, d), self._envelope_thetas)), self.thumbs
+        nflip, nzr = full.shape[1], full.shape[2]  # (n, flips, zooms x rotations, 2, ...)
         full = full.reshape(n, nflip * nzr, 2, -1)
-        ref = self.maps.reshape(len(self), -1)[pre]  # (n, k1, pixels)
+        ref = ref.reshape(len(self), -1)[pre]  # (n, k1, pixels)
         mq, m = full[:, :, 0] * full[:, :, 1], full[:, :, 1]
         num = torch.einsum("nvt,nkt->nvk", mq, ref)
         energy = torch.einsum("nvt,nkt->nvk", m, ref.pow(2))
-        ref_energy = ref.pow(2).sum(-1)[:, None]
-        q_norm = mq.norm(dim=-1)[..., None]
-        ok = (energy >= self.envelope.min_overlap * ref_energy) & (ref_energy > 0) & (q_norm > 0)
-        score = torch.where(ok, num / (q_norm * energy.clamp_min(1e-12).sqrt()).clamp_min(1e-12), -2.0)
+        q_energy = (mq * full[:, :, 0]).sum(-1)[..., None]
+        score = _guarded_ncc(num, q_energy, energy, ref.pow(2).sum(-1)[:, None], self.envelope.min_overlap)
         best, variant = score.max(dim=1)  # (n, k1)
         top = best.topk(k, dim=1).indices
         variant = variant.gather(1, top)
@@ -372,11 +392,8 @@ class FeatureSearch:
         # inside the shifted query's field of view.
         num = torch.fft.irfftn(torch.fft.rfftn(mq, dim=axes) * spec_c, s=(t,) * d, dim=axes)[..., mask]
         energy = torch.fft.irfftn(torch.fft.rfftn(m, dim=axes) * spec_c2, s=(t,) * d, dim=axes)[..., mask]
-        ref_energy = _sumsq(refs, d)[..., None, None]
-        q_norm = _sumsq(mq, d).sqrt()[..., None]
-        ok = (energy >= env.min_overlap * ref_energy) & (ref_energy > 0) & (q_norm > 0)
-        ncc = torch.where(ok, num / (q_norm * energy.clamp_min(1e-12).sqrt()).clamp_min(1e-12), torch.zeros_like(num))
-        ncc = ncc.clamp(-1.0, 1.0)
+        q_energy = (mq * variants[:, :, :, 0]).flatten(-d).sum(-1)[..., None]
+        ncc = _guarded_ncc(num, q_energy, energy, _sumsq(refs, d)[..., None, None], env.min_overlap)
         by_variant, shift_i = ncc.max(dim=3)
         score, v = by_variant.max(dim=2)
         shift = shift_vals[shift_i.gather(2, v[..., None])[..., 0]].float()
@@ -384,12 +401,12 @@ class FeatureSearch:
 
     # -- step 4 ------------------------------------------------------------------------------
 
-    def _refine(self, qm, refs, flip, zoom, rot, shift) -> tuple[torch.Tensor, ...]:
+    def _refine(self, qm, refs, flip, zoom, rot, shift, rounds: int, delta: float = 1.0) -> tuple[torch.Tensor, ...]:
         """Continuous local maximisation of the masked NCC over zoom, rotation and shift.
 
         Each parameter is probed at +-delta, moved to the vertex of the parabola through the
         three values (a full step toward the better side where it is not concave), and delta
-        halves; REFINE_STEPS rounds, inside the envelope; the best transform seen wins. The flip
+        halves; ``rounds`` rounds, inside the envelope; the best transform seen wins. The flip
         stays fixed. Derivative-free: autograd through grid_sample was ~10x slower on CPU.
         Returns the best score and its zoom, rotation and shift.
         """
@@ -401,18 +418,24 @@ class FeatureSearch:
         p = torch.maximum(torch.minimum(p, hi), lo)
         b, npar = p.shape
         eye = torch.eye(npar)
+        c = refs.flatten(1)
+        c2 = c.pow(2)
+        c_energy = c2.sum(-1)[:, None]
 
-        def evaluate(params: torch.Tensor) -> torch.Tensor:  # (b, c, npar) -> (b, c)
-            c = params.shape[1]
-            flat = params.reshape(b * c, npar)
-            theta = self._affine(flip.repeat_interleave(c), torch.exp(flat[:, 0] * 0.05), flat[:, 1] * 5.0, flat[:, 2:])
-            warped = _warp(qm, theta.reshape(b, c, d, d + 1))  # (b, c, 2, *g)
-            mq = (warped[:, :, 0] * warped[:, :, 1]).flatten(2)
-            return _masked_cosine(mq, warped[:, :, 1].flatten(2), refs.flatten(1)[:, None], env.min_overlap)
+        def evaluate(params: torch.Tensor) -> torch.Tensor:  # (b, v, npar) -> (b, v)
+            v = params.shape[1]
+            flat = params.reshape(b * v, npar)
+            theta = self._affine(flip.repeat_interleave(v), torch.exp(flat[:, 0] * 0.05), flat[:, 1] * 5.0, flat[:, 2:])
+            warped = _warp(qm, theta.reshape(b, v, d, d + 1))  # (b, v, 2, *g)
+            q, m = warped[:, :, 0].flatten(2), warped[:, :, 1].flatten(2)
+            mq = m * q
+            num = torch.einsum("bcp,bp->bc", mq, c)
+            q_energy = torch.einsum("bcp,bcp->bc", mq, q)
+            energy = torch.einsum("bcp,bp->bc", m, c2)
+            return _guarded_ncc(num, q_energy, energy, c_energy, env.min_overlap)
 
         best = evaluate(p[:, None])[:, 0]
-        delta = 1.0
-        for _ in range(REFINE_STEPS):
+        for _ in range(rounds):
             probes = torch.cat([p[:, None] + delta * eye, p[:, None] - delta * eye], dim=1)
             probes = torch.maximum(torch.minimum(probes, hi), lo)
             f = evaluate(probes)  # (b, 2 npar)
@@ -441,7 +464,7 @@ class FeatureSearch:
         grid_variants = len(self._flips) * len(env.zooms) * len(env.rotations) * env.thumb**d * 2 * 4
         step2 = len(self._flips) * len(env.zooms) * len(env.rotations) * PRESELECT * env.k * 4 * 3
         step3 = env.k * len(STENCIL) * self.grid**d * 10 * 4
-        step4 = env.refine * (4 * d + 5) * self.grid**d * 2 * 4 * 3
+        step4 = env.refine * (2 * d + 5) * self.grid**d * 2 * 4 * 3
         step1 = 0 if self._faiss is not None else len(self._flips) * len(self._near_one) * len(self) * 4
         return max(1, min(128, int(128e6 // max(grid_variants, step1, step2, step3, step4))))
 
@@ -499,12 +522,18 @@ class FeatureSearch:
             self._zooms[zi[pick]].reshape(-1),
             self._rots[ri[pick]].reshape(-1),
             shift[pick].reshape(n * r, d),
+            rounds=REFINE_ROUNDS[0],
         )
         s4 = s4.reshape(n, r)
         best_t = s4.argmax(dim=1)
         best = top[rows, best_t]
         flat = rows * r + best_t
-        score, b_zoom, b_rot, b_shift, b_flip = s4[rows, best_t], zoom[flat], rot[flat], sh[flat], flip[rows, best]
+        b_flip = flip[rows, best]
+        # Only the leader goes on, with the finer probes of the remaining rounds.
+        score, b_zoom, b_rot, b_shift = self._refine(
+            qm, self.maps[cand[rows, best]], b_flip, zoom[flat], rot[flat], sh[flat],
+            rounds=REFINE_ROUNDS[1], delta=0.5 ** REFINE_ROUNDS[0],
+        )
         dist = (1.0 - s3).clamp_min(0.0)
         others = torch.ones_like(dist, dtype=torch.bool)
         others[rows, best] = False

@@ -104,22 +104,43 @@ def test_flagged_rate_test():
     assert flagged_rate_test(10, 100, 0.99)[1] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: 16^3 feature maps of 32^3 phantoms do not separate subjects (holdout->train "
-    "similarity is already 1.0, so tau = 1.0 and a copy cannot stand out); 3D needs finer features",
-)
-def test_3d_copy_is_caught():
-    train = _phantoms(range(12), dim=3, size=32)
-    holdout = _phantoms(range(100, 112), dim=3, size=32)
-    index = PrivacyIndex.build(train, holdout, train_groups=["n"] * 12, holdout_groups=["n"] * 12, run_selftest=False)
-    copy = train[3].with_array(np.flip(train[3].array, axis=-1))
-    new = _phantoms([900], dim=3, size=32)[0]
-    v_copy, v_new = index.check([copy, new], ["n", "n"])
-    # With 12 holdout volumes tau is the holdout maximum; the copy must match its source and
-    # score above any new subject.
-    assert v_copy.nearest == "train-00003", v_copy
-    assert v_copy.score > max(v_new.score, float(index.holdout_scores.max())), (v_copy, v_new)
+def _edits_3d(scan: Scan, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """3D edits; shifts are in-plane, as in 2D (a shift along the slice axis brings new anatomy
+    into the volume: a known limit, see docs/privacy.md)."""
+    a = scan.array[0]
+    span = float(a.max() - a.min())
+    noise = lambda x: x + rng.normal(0, 0.05 * span, x.shape)  # noqa: E731
+    return {
+        "exact": a,
+        "flipped": a[:, :, ::-1],
+        "shifted-3px": np.roll(a, (3, -2), axis=(1, 2)),
+        "noise-5%": noise(a),
+        "intensity": 1.3 * a + 200.0,
+        "rotated-5deg": ndimage.rotate(a, 5, axes=(1, 2), reshape=False, order=1, mode="nearest"),
+        "flip+shift+noise": noise(np.roll(a[:, ::-1], 2, axis=2)),
+    }
+
+
+def test_3d_planted_copies_are_caught_and_new_volumes_pass():
+    train = _phantoms(range(16), dim=3, size=32)
+    holdout = _phantoms(range(100, 130), dim=3, size=32)
+    index = PrivacyIndex.build(train, holdout, train_groups=["n"] * 16, holdout_groups=["n"] * 30, run_selftest=False)
+    assert index.thresholds()["pooled"] < 0.999  # tau must leave room above new subjects
+    rng = numpy_rng("planted-3d")
+    queries, sources, kinds = [], [], []
+    for i in (0, 5, 10, 15):
+        for kind, arr in _edits_3d(train[i], rng).items():
+            queries.append(train[i].with_array(np.asarray(arr, np.float32)[None]))
+            sources.append(f"train-{i:05d}")
+            kinds.append(kind)
+    verdicts = index.check(queries, ["n"] * len(queries))
+    missed = [(k, round(v.score, 4), v.nearest) for k, v, s in zip(kinds, verdicts, sources) if v.passed or v.nearest != s]
+    # 3D margins are thinner than 2D (16^3 maps; tau ~0.986): the combined edit can fall just
+    # under tau (measured 27/28 caught, docs/privacy.md), so the bar is 90%, not 2D's 99%.
+    assert len(missed) <= 0.1 * len(queries), f"missed 3D edits (tau {verdicts[0].threshold:.4f}): {missed}"
+    new = _phantoms(range(900, 930), dim=3, size=32)
+    flagged = [not v.passed for v in index.check(new, ["n"] * len(new))]
+    assert sum(flagged) <= 3  # about 1/31 expected with tau at the holdout's maximum
 
 
 def test_privacy_check_cli_passes_new_fails_copies_and_reports(tmp_path):

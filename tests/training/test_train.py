@@ -39,7 +39,7 @@ def test_train_2d_writes_a_loadable_model(phantoms_2d, tiny_cfg, tmp_path, capsy
     assert "`medsynth train tiny.yaml`" in card and conf["fingerprint"]["file_list_sha256"] in card
     assert "| nodule/CT | 8 |" in card
     # No identifier or local path of the training data leaves with the model.
-    assert "phantom-0" not in card + json.dumps(conf) and str(phantoms_2d.parent) not in card + json.dumps(conf)
+    assert "phantom-s" not in card + json.dumps(conf) and str(phantoms_2d.parent) not in card + json.dumps(conf)
     previews = sorted(p.name for p in (tmp_path / "work" / "previews").iterdir())
     assert previews == ["stage1-step0000004.png", "stage2-step0000004.png"]
     ckpt = tmp_path / "work" / "checkpoints" / "stage2"
