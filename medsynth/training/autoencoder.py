@@ -9,6 +9,7 @@ would have to be downloaded, so it is not used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from medsynth.seeding import torch_generator
 from medsynth.training.config import Stage1Config
-from medsynth.training.distributed import BatchOrder, mean_across_ranks, wrap
+from medsynth.training.distributed import BatchOrder, balanced_items, mean_across_ranks, wrap
 from medsynth.training.loop import RunContext, StageSpec, save_grid_png
 
 
@@ -63,17 +64,26 @@ def _no_sync(module: nn.Module, skip: bool):
 
 
 def build_stage1(
-    ae: AutoencoderKL, train_x: torch.Tensor, val_x: torch.Tensor, cfg: Stage1Config, run: RunContext
+    ae: AutoencoderKL,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    cfg: Stage1Config,
+    run: RunContext,
+    classes: Sequence[str] | None = None,
 ) -> StageSpec:
     """The autoencoder stage as a ``StageSpec`` for ``run_stage``.
 
     Args:
         ae: the model's autoencoder (trained in place).
         train_x, val_x: normalised images ``(N, C, *size)`` on the run's device.
+        classes: each training image's class (``"pathology/modality"``), for ``cfg.balanced``.
     """
     dims = train_x.ndim - 2
     recon_w = wrap(_Reconstruct(ae), run.dist)
-    order = BatchOrder(len(train_x), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed)
+    if cfg.balanced and classes is None:
+        raise ValueError("stage1.balanced needs the training images' classes")
+    items = balanced_items(classes) if cfg.balanced and classes is not None else None
+    order = BatchOrder(len(train_x), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed, items=items)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules: dict[str, nn.Module] = {"autoencoder": ae}
     optimizers: dict[str, torch.optim.Optimizer] = {"autoencoder": opt}

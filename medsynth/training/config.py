@@ -135,6 +135,10 @@ class _StageCommon(_Strict):
     warmup_steps: int = Field(default=100, ge=0)
     min_lr_ratio: float = Field(default=0.05, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     grad_clip: float | None = Field(default=1.0, gt=0)
+    # Draw every (pathology, modality) class equally often: each class's scans are repeated up to
+    # the size of the largest class in every epoch. For imbalanced sets (10 rare vs 300 common
+    # cases), where a plain epoch shows the rare lesion too seldom for the networks to learn it.
+    balanced: bool = False
 
 
 class Stage1Config(_StageCommon):

@@ -29,7 +29,7 @@ from medsynth.models.conditioning import Conditioner
 from medsynth.models.ldm import LatentDiffusionModel
 from medsynth.seeding import torch_generator
 from medsynth.training.config import Stage2Config
-from medsynth.training.distributed import BatchOrder, mean_across_ranks, wrap
+from medsynth.training.distributed import BatchOrder, balanced_items, class_keys, mean_across_ranks, wrap
 from medsynth.training.loop import RunContext, StageSpec, make_ema, save_grid_png
 
 Labels = Sequence[str | Sequence[str]]
@@ -166,7 +166,8 @@ def build_stage2(
     opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = model.make_scheduler()
     mu, sigma, paths, mods = train
-    order = BatchOrder(len(mu), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed + 1)
+    items = balanced_items(class_keys(paths, mods)) if cfg.balanced else None
+    order = BatchOrder(len(mu), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed + 1, items=items)
     sf = model.scale_factor
 
     def loss_on(

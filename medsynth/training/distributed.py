@@ -8,6 +8,8 @@ the backend is NCCL on GPUs and gloo on CPU. Each rank draws its batch from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 from dataclasses import dataclass
 
@@ -108,7 +110,13 @@ class BatchOrder:
     the batches an uninterrupted run would. Each epoch is one ``DistributedSampler`` permutation.
     """
 
-    def __init__(self, n: int, batch_size: int, grad_accum: int, ctx: DistContext, seed: int) -> None:
+    def __init__(
+        self, n: int, batch_size: int, grad_accum: int, ctx: DistContext, seed: int, items: Sequence[int] | None = None
+    ) -> None:
+        # ``items``: the dataset indices an epoch walks through (repeats allowed, see
+        # ``balanced_items``); default each index once.
+        self.items = list(range(n)) if items is None else [int(i) for i in items]
+        n = len(self.items)
         if n < batch_size * ctx.world_size:
             raise ValueError(f"{n} training items are fewer than one batch ({batch_size} x {ctx.world_size} ranks)")
         self.sampler = DistributedSampler(
@@ -127,4 +135,26 @@ class BatchOrder:
             self.sampler.set_epoch(epoch)
             self._indices = list(iter(self.sampler))
             self._epoch = epoch
-        return self._indices[pos * self.batch_size : (pos + 1) * self.batch_size]
+        return [self.items[i] for i in self._indices[pos * self.batch_size : (pos + 1) * self.batch_size]]
+
+
+def class_keys(pathologies: Sequence[str | Sequence[str]], modalities: Sequence[str]) -> list[str]:
+    """``"pathology/modality"`` per item (several pathologies joined with ``|``), for ``balanced_items``."""
+    return [f"{p if isinstance(p, str) else '|'.join(p)}/{m}" for p, m in zip(pathologies, modalities, strict=True)]
+
+
+def balanced_items(classes: Sequence[str]) -> list[int]:
+    """Indices in which every class appears as often as the largest one.
+
+    Each class's indices are cycled up to the largest class's count, so an epoch holds
+    ``n_classes * max_count`` items and every scan of a class is seen equally often.
+
+    Example:
+        >>> balanced_items(["a", "a", "a", "b"])
+        [0, 1, 2, 3, 3, 3]
+    """
+    by_class: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_class.setdefault(c, []).append(i)
+    most = max((len(v) for v in by_class.values()), default=0)
+    return sorted(idx[j % len(idx)] for idx in by_class.values() for j in range(most))

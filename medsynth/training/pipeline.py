@@ -30,7 +30,7 @@ from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
 from medsynth.training.autoencoder import build_stage1
 from medsynth.training.config import TrainConfig, load_config
 from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
-from medsynth.training.distributed import DistContext, barrier, init_distributed, shutdown
+from medsynth.training.distributed import DistContext, barrier, class_keys, init_distributed, shutdown
 from medsynth.training.loop import RunContext, resolve_precision, run_stage, write_json
 
 CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
@@ -240,7 +240,8 @@ def train(
         torch.manual_seed(cfg.seed)  # network initialisation: identical on every rank
         model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1])).to(ctx.device)
 
-        s1 = run_stage(build_stage1(model.autoencoder, train_x, val_x, cfg.stage1, run), run, resume=resume)
+        stage1 = build_stage1(model.autoencoder, train_x, val_x, cfg.stage1, run, class_keys(train_p, train_m))
+        s1 = run_stage(stage1, run, resume=resume)
         mu, sigma = encode_dataset(model, train_x, cfg.stage1.batch_size)
         val_mu, val_sigma = encode_dataset(model, val_x, cfg.stage1.batch_size)
         model.config.scale_factor = compute_scale_factor(mu, sigma, cfg.seed)

@@ -12,7 +12,7 @@ from medsynth.errors import InputError
 from medsynth.models.artifact import load_model
 from medsynth.training import pipeline
 from medsynth.training.config import parse_config
-from medsynth.training.distributed import BatchOrder, DistContext
+from medsynth.training.distributed import BatchOrder, DistContext, balanced_items, class_keys
 from medsynth.training.loop import EarlyStopping, ema_decay_at, lr_factor, make_ema
 
 
@@ -131,6 +131,17 @@ def test_batch_order_is_a_function_of_step_and_shards_ranks():
     epoch0 = r0(0, 0) + r0(1, 0) + r1(0, 0) + r1(1, 0)
     assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 16  # disjoint shards
     assert again(3, 0) == r0(3, 0) and r0(2, 0) != r0(0, 0)  # new permutation each epoch
+
+
+def test_balanced_batches_show_a_rare_class_as_often_as_a_common_one():
+    classes = class_keys(["normal"] * 30 + ["nodule"] * 3, ["CT"] * 33)
+    order = BatchOrder(33, 6, 1, DistContext(), seed=0, items=balanced_items(classes))
+    epoch = [i for step in range(order.per_epoch) for i in order(step, 0)]
+    rare = [i for i in epoch if i >= 30]
+    assert len(epoch) == 60 and len(rare) == 30  # 50%, not 3/33
+    assert sorted(set(rare)) == [30, 31, 32] and all(rare.count(i) == 10 for i in (30, 31, 32))
+    plain = BatchOrder(33, 6, 1, DistContext(), seed=0)
+    assert sum(i >= 30 for step in range(plain.per_epoch) for i in plain(step, 0)) <= 3
 
 
 def test_ema_warms_up_then_follows_the_decay():
