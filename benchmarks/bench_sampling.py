@@ -6,8 +6,10 @@ MONAI's ``DDIMScheduler`` at the same step count. Both do classifier-free guidan
 batched UNet call per step on ``[uncond; cond]`` (MONAI's ``cfg=``); MONAI's unconditional
 context is a tensor filled with ``cfg_fill_value`` (-1) where ours is the model's learned null
 tokens: the compute is the same, the unconditional branch is not (MONAI cannot take our null
-context), so the baseline is a speed reference, not a quality one. Runs are interleaved and
-repeated; medians of wall time and of process CPU time are reported.
+context), so the baseline is a speed reference, not a quality one. The baseline's UNet holds
+the same weights in a ``DiffusionModelUNet`` with MONAI's defaults; medsynth's is built with
+``use_flash_attention=True`` (torch SDPA). Runs are interleaved and repeated; medians of wall
+time and of process CPU time are reported.
 
 ``volume``: seconds and peak memory (``ru_maxrss`` of a fresh subprocess per measurement) for one
 3D volume at 64^3 and 128^3, whole and tile-wise decoding. The shipped 3D model's grid is
@@ -63,7 +65,23 @@ def machine(threads: int) -> dict[str, Any]:
 # --- throughput -------------------------------------------------------------------------------
 
 
-def monai_baseline(model: LatentDiffusionModel, batch: int, steps: int, guidance: float, seed: int) -> torch.Tensor:
+def monai_unet(model: LatentDiffusionModel) -> torch.nn.Module:
+    """The model's UNet weights in a ``DiffusionModelUNet`` with MONAI's default settings (medsynth
+    builds its own with ``use_flash_attention=True``): the baseline a plain MONAI user would run."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    latent = int(model.config.autoencoder.get("latent_channels", 3))
+    unet = DiffusionModelUNet(
+        spatial_dims=model.spatial_dims, in_channels=latent, out_channels=latent, with_conditioning=True,
+        cross_attention_dim=model.config.cond_dim, **model.config.unet,
+    )
+    unet.load_state_dict(model.unet.state_dict())
+    return unet.eval()
+
+
+def monai_baseline(
+    model: LatentDiffusionModel, unet: torch.nn.Module, batch: int, steps: int, guidance: float, seed: int
+) -> torch.Tensor:
     """The same weights through MONAI's LatentDiffusionInferer.sample with its DDIMScheduler."""
     from monai.inferers import LatentDiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
@@ -80,7 +98,7 @@ def monai_baseline(model: LatentDiffusionModel, batch: int, steps: int, guidance
     with torch.no_grad():
         cond = model.context(["nodule"] * batch, ["CT"] * batch)
         image = inferer.sample(
-            noise, model.autoencoder, model.unet, sched,
+            noise, model.autoencoder, unet, sched,
             conditioning=cond, mode="crossattn", verbose=False, cfg=guidance,
         )
         return model.preprocessing.denormalise(image, "CT")  # HU, as our Scans are
@@ -90,6 +108,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     synth = Synthesizer(model)
+    baseline_unet = monai_unet(model)
     steps, g, b = args.steps, args.guidance, args.batch
 
     def ours(sampler: str) -> Callable[[], object]:
@@ -100,11 +119,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     runs = {
         f"medsynth {synth.default_sampler}": ours(synth.default_sampler),
         "medsynth ddim": ours("ddim"),
-        "MONAI LatentDiffusionInferer + DDIMScheduler": lambda: monai_baseline(model, b, steps, g, 0),
+        "MONAI LatentDiffusionInferer + DDIMScheduler": lambda: monai_baseline(model, baseline_unet, b, steps, g, 0),
     }
     # Warm-up (allocator, oneDNN primitive caches) on a small batch.
     synth("nodule", "CT", num_samples=2, batch_size=2, num_inference_steps=2, sampler="ddim")
-    monai_baseline(model, 2, 2, g, 0)
+    monai_baseline(model, baseline_unet, 2, 2, g, 0)
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     names = list(runs)

@@ -147,6 +147,9 @@ def build_unet(cfg: ModelConfig) -> DiffusionModelUNet:
         out_channels=latent,
         with_conditioning=True,
         cross_attention_dim=cfg.cond_dim,
+        # torch's scaled_dot_product_attention instead of MONAI's explicit softmax(QK^T)V: same
+        # parameters and outputs (within 1e-5), the UNet ~25% faster on CPU (benchmarks/bench_sampling.py).
+        use_flash_attention=True,
         **cfg.unet,
     )
 
