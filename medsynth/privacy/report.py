@@ -33,22 +33,22 @@ REPORT_HTML = "privacy_report.html"
 MAX_FLAGGED_SHOWN = 50
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
+def _figure(**kw: Any) -> Any:
+    # A Figure outside pyplot: no global backend switch, so a notebook keeps its inline plots.
+    from matplotlib.figure import Figure
 
+    return Figure(**kw)
+
+
+def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _histogram(series: list[tuple[np.ndarray, str]], tau: float) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig = _figure(figsize=(7, 3.2))
+    ax = fig.subplots()
     lo = min([0.5] + [float(np.min(s)) for s, _ in series if len(s)])
     bins = np.linspace(max(-1.0, lo - 0.02), 1.0, 61)
     for scores, label in series:
@@ -61,13 +61,9 @@ def _histogram(series: list[tuple[np.ndarray, str]], tau: float) -> str:
 
 
 def _pair(a: np.ndarray | None, b: np.ndarray | None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [(img, t) for img, t in ((a, "synthetic"), (b, "nearest training")) if img is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.7 * len(panels), 1.8), squeeze=False)
+    fig = _figure(figsize=(1.7 * len(panels), 1.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (img, title) in zip(axes[0], panels):
         ax.imshow(display_image(img), cmap="gray")
         ax.set_title(title, fontsize=7)
