@@ -234,11 +234,11 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> ProtocolError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc)
     if "could not determine a constructor" in str(problem):
         problem = f"{problem.strip()}: YAML tags are not allowed in a protocol (it is read with yaml.safe_load)"
-    return ProtocolError(f"{source}:{where}: not valid protocol YAML: {' '.join(str(problem).split())}")
+    return ProtocolError(f"{source}:{where} not valid protocol YAML: {' '.join(str(problem).split())}")
 
 
 def read_protocol_mapping(text: str, source: str = "<protocol>") -> dict[str, Any]:

@@ -104,6 +104,10 @@ def test_binary_missing_and_folder(tmp_path, capsys):
     for target, words in [(junk, "not UTF-8"), (tmp_path / "nope.yaml", "no such protocol file"), (tmp_path, "is a folder")]:
         code, lines, _ = _validate(target, capsys)
         assert code == 2 and len(lines) == 1 and words in lines[0], lines
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"\x00\x01")  # UTF-8, but not YAML: the error has no line to point at
+    code, lines, _ = _validate(nul, capsys)
+    assert code == 2 and f"{nul}: not valid protocol YAML: unacceptable character" in lines[0], lines
 
 
 def test_all_errors_are_collected(model_dirs, make_protocol, write_protocol, tmp_path, capsys):
