@@ -80,9 +80,11 @@ def build_stage1(
     """
     dims = train_x.ndim - 2
     recon_w = wrap(_Reconstruct(ae), run.dist)
-    if cfg.balanced and classes is None:
-        raise ValueError("stage1.balanced needs the training images' classes")
-    items = balanced_items(classes) if cfg.balanced and classes is not None else None
+    items = None
+    if cfg.balanced:
+        if classes is None:
+            raise ValueError("stage1.balanced needs the training images' classes")
+        items = balanced_items(classes)
     order = BatchOrder(len(train_x), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed, items=items)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     modules: dict[str, nn.Module] = {"autoencoder": ae}
