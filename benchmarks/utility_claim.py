@@ -156,36 +156,45 @@ def ensure_privacy_index(model: Path) -> bool:
     return True
 
 
-def generate(model: Path, guidance: float, gate: bool) -> Path:
-    """``N_SYNTHETIC`` nodule cases through a protocol; resumes if interrupted."""
-    name = f"g{guidance:g}" + ("" if gate else "-nogate")
+def run_protocol(model: Path, name: str, description: str, guidance: float, quota: str, privacy: str) -> tuple[Path, int]:
+    """Write ``protocols/NAME.yaml`` for ``N_SYNTHETIC`` rare-class cases and run it, unless an earlier
+    run finished it; resumes if interrupted. Returns the output folder and the exit status.
+
+    Exit 3 (the gate's flagged rate was significantly above 1 - q) is accepted: every written
+    case passed the gate; the write-up reports the rate."""
     out = WORK / "synthetic" / name
     proto = WORK / "protocols" / f"{name}.yaml"
     proto.parent.mkdir(parents=True, exist_ok=True)
     proto.write_text(
         f"""protocol: 1
 name: utility-claim-{name}
-description: synthetic {RARE} cases for the utility claim (benchmarks/utility_claim.py)
+description: {description}
 model: {model}
 seed: {PROTOCOL_SEED}
 output: {{dir: {out}, formats: [nifti]}}
 sampler: {{method: {SAMPLER["method"]}, steps: {SAMPLER["steps"]}, guidance_scale: {guidance}, batch_size: 32}}
 quotas:
-  - {{pathology: {RARE}, modality: CT, count: {N_SYNTHETIC}}}
-privacy: {{gate: {str(gate).lower()}, quantile: 0.99, on_flag: resample, max_attempts: 3}}
+  - {{pathology: {RARE}, modality: CT, count: {N_SYNTHETIC}{quota}}}
+privacy: {{{privacy}}}
 """
     )
     status = out / "exit_status.txt"
     if status.is_file():
         log(f"generate: reusing {out}")
-    else:
-        # Exit 3: the gate's flagged rate was significantly above 1 - q. Every written case
-        # passed the gate (flagged ones were resampled); the write-up reports the rate.
-        t0 = time.time()
-        code = medsynth("generate", str(proto), log_file=WORK / "generate.log", ok=(0, 3))
-        (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
-        status.write_text(f"{code}\n")
-    return out
+        return out, int(status.read_text())
+    t0 = time.time()
+    code = medsynth("generate", str(proto), log_file=WORK / "generate.log", ok=(0, 3))
+    (out / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+    status.write_text(f"{code}\n")
+    return out, code
+
+
+def generate(model: Path, guidance: float, gate: bool) -> Path:
+    """``N_SYNTHETIC`` nodule cases sampled from noise; a flagged case is resampled."""
+    name = f"g{guidance:g}" + ("" if gate else "-nogate")
+    privacy = f"gate: {str(gate).lower()}, quantile: 0.99, on_flag: resample, max_attempts: 3"
+    description = f"synthetic {RARE} cases for the utility claim (benchmarks/utility_claim.py)"
+    return run_protocol(model, name, description, guidance, "", privacy)[0]
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -347,29 +356,10 @@ def generate_extend(model: Path, strength: float, gate: bool) -> tuple[Path, int
     ``on_flag: drop``; a run whose flagged rate is significantly high exits 3 but keeps the
     cases that passed. Returns the output folder and the exit status."""
     name = f"extend-s{strength:g}" + ("" if gate else "-nogate")
-    out = WORK / "synthetic" / name
-    proto = WORK / "protocols" / f"{name}.yaml"
-    proto.parent.mkdir(parents=True, exist_ok=True)
-    proto.write_text(
-        f"""protocol: 1
-name: utility-claim-{name}
-description: SDEdit variations of the real {RARE} training cases (benchmarks/utility_claim.py)
-model: {model}
-seed: {PROTOCOL_SEED}
-output: {{dir: {out}, formats: [nifti]}}
-sampler: {{method: {SAMPLER["method"]}, steps: {SAMPLER["steps"]}, guidance_scale: {MAIN_GUIDANCE}, batch_size: 32}}
-quotas:
-  - {{pathology: {RARE}, modality: CT, count: {N_SYNTHETIC}, extend: {{sources: {WORK / "data" / "train.csv"}, strength: {strength}}}}}
-privacy: {{gate: {str(gate).lower()}, quantile: 0.99, on_flag: drop}}
-"""
-    )
-    status = out / "exit_status.txt"
-    if status.is_file():
-        log(f"generate: reusing {out}")
-        return out, int(status.read_text())
-    code = medsynth("generate", str(proto), log_file=WORK / "generate.log", ok=(0, 3))
-    status.write_text(f"{code}\n")
-    return out, code
+    quota = f", extend: {{sources: {WORK / 'data' / 'train.csv'}, strength: {strength}}}"
+    description = f"SDEdit variations of the real {RARE} training cases (benchmarks/utility_claim.py)"
+    privacy = f"gate: {str(gate).lower()}, quantile: 0.99, on_flag: drop"
+    return run_protocol(model, name, description, MAIN_GUIDANCE, quota, privacy)
 
 
 def evaluate_extend(model: Path, seeds: int, steps: int, threads: int) -> dict:

@@ -34,9 +34,7 @@ from medsynth.io.scan import Scan
 from medsynth.privacy.calibration import (
     POOLED,
     check_quantile,
-    closer_to_train_test,
     empirical_pvalue,
-    flagged_rate_test,
     group_for,
     null_scores,
     thresholds,
@@ -49,8 +47,6 @@ __all__ = [
     "PrivacyIndex",
     "PrivacyVerdict",
     "build_index_for_model",
-    "closer_to_train_test",
-    "flagged_rate_test",
     "load_index_for_model",
 ]
 

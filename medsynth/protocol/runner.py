@@ -126,7 +126,8 @@ class _Gate:
     """The model's privacy index behind the two calls the runner needs."""
 
     def __init__(self, model_dir: Path, quantile: float, alpha: float):
-        from medsynth.privacy.index import flagged_rate_test, load_index_for_model
+        from medsynth.privacy.calibration import flagged_rate_test
+        from medsynth.privacy.index import load_index_for_model
 
         self.index = load_index_for_model(model_dir)
         self.quantile = quantile
