@@ -259,7 +259,9 @@ def _format_error(source: str, exc: ValidationError) -> str:
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
-    return None if p is None else (p if p.is_absolute() else (base / p))
+    # Normalised ("a/../b" -> "b"), so the same file reached by two relative paths gives the same
+    # fingerprint and a finished stage resumes whichever config names it.
+    return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
 
 def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config") -> TrainConfig:

@@ -71,6 +71,17 @@ def test_fingerprint_ignores_bookkeeping_only(tmp_path, tiny_cfg):
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
+
+def test_fingerprint_is_the_same_for_one_file_named_two_ways(tmp_path, tiny_cfg):
+    # configs/x.yaml -> ../data/l.csv and runs/exp/y.yaml -> ../../data/l.csv are one file: a
+    # finished autoencoder must resume from either config.
+    for d in ("configs", "runs/exp", "data"):
+        (tmp_path / d).mkdir(parents=True)
+    a = load_config(_write(tmp_path / "configs" / "x.yaml", tiny_cfg(Path("../data/l.csv"), Path("out"))))
+    b = load_config(_write(tmp_path / "runs" / "exp" / "y.yaml", tiny_cfg(Path("../../data/l.csv"), Path("out"))))
+    assert a.data.labels == b.data.labels == (tmp_path / "data" / "l.csv").resolve()
+    assert a.fingerprint("stage1") == b.fingerprint("stage1") and a.fingerprint() == b.fingerprint()
+
 def test_cli_reports_a_bad_config_on_one_line(tmp_path, tiny_cfg, capsys):
     cfg = tiny_cfg(Path("labels.csv"), tmp_path)
     cfg["unet"]["chanels"] = [4]
