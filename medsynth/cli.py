@@ -108,6 +108,12 @@ def _evaluate_utility(
     ),
     size: int = typer.Option(64, "--size", min=8, help="Side scans are resized to for the classifier."),
     seed: int = typer.Option(0, "--seed", help="Base seed."),
+    augment: bool = typer.Option(False, "--augment", help="Random flips and small shifts of training batches."),
+    blur_sigma: float = typer.Option(
+        0.0, "--blur-sigma", min=0.0,
+        help="Texture augmentation: blur training batches (sigma up to this, voxels) in every arm, so the "
+        "classifier cannot use 'smoother than real' as a cue for synthetic cases' class.",
+    ),
 ) -> None:
     """Train the same classifier on real, real+synthetic and synthetic data; score on real test data."""
     from medsynth.errors import InputError
@@ -125,7 +131,7 @@ def _evaluate_utility(
         load_labelled(test, role="--test"),
         load_labelled(synthetic, role="--synthetic"),
         out,
-        UtilityConfig(in_size=size, steps=steps, seeds=seeds, seed=seed),
+        UtilityConfig(in_size=size, steps=steps, seeds=seeds, seed=seed, augment=augment, blur_sigma=blur_sigma),
         ratios=ratio_list,
     )
     for name, arm in report["arms"].items():

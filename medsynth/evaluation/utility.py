@@ -51,6 +51,8 @@ class UtilityConfig:
         batch_size, lr, channels: the classifier's training and width.
         balanced: class-balanced batches. Off by default: the realistic baseline trains on the
             data as it comes, so a rare class stays rare.
+        augment, blur_sigma: the classifier's flip/shift and blur (texture) augmentation, the
+            same in every arm (``ClassifierConfig``).
         seeds: training runs per arm; the seed list is ``seed, seed+1, ...``.
         seed: base seed.
     """
@@ -62,6 +64,8 @@ class UtilityConfig:
     lr: float = 2e-3
     channels: tuple[int, ...] = (16, 32, 64)
     balanced: bool = False
+    augment: bool = False
+    blur_sigma: float = 0.0
     seeds: int = 3
     seed: int = 0
 
@@ -152,6 +156,8 @@ def _fit_and_score(
             batch_size=cfg.batch_size,
             lr=cfg.lr,
             balanced=cfg.balanced,
+            augment=cfg.augment,
+            blur_sigma=cfg.blur_sigma,
             seed=seed,
         ),
     )

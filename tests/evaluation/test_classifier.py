@@ -143,3 +143,25 @@ def test_bad_inputs_raise_input_error() -> None:
         ClassifierConfig(spatial_dims=4)
     with pytest.raises(InputError, match="in_size=4"):
         ClassifierConfig(in_size=4, channels=(4, 8, 16))
+
+
+def test_blur_augmentation_smooths_batches_and_is_seeded() -> None:
+    from medsynth.evaluation.classifier import _blur
+
+    x = prepare(_phantoms(range(4), size=32)[0], 32)
+
+    def roughness(t: torch.Tensor) -> float:  # mean absolute difference of neighbouring pixels
+        return float((t[..., 1:] - t[..., :-1]).abs().mean())
+
+    outs = [_blur(x, 1.5, torch.Generator().manual_seed(s)) for s in range(20)]
+    blurred = [o for o in outs if not torch.equal(o, x)]
+    assert 8 <= len(blurred) <= 19  # p = 0.7 of a blur per batch
+    assert all(roughness(o) < 0.9 * roughness(x) for o in blurred)
+    assert min(roughness(o) for o in blurred) < 0.5 * roughness(x)
+    assert torch.equal(_blur(x, 1.5, torch.Generator().manual_seed(3)), outs[3])
+    # the texture augmentation changes what is learnt; 0 is off
+    plain, smooth = _tiny_fit(0).net.state_dict(), _tiny_fit(0, blur_sigma=1.5).net.state_dict()
+    assert any(not torch.equal(plain[k], smooth[k]) for k in plain)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="blur_sigma"):
+            ClassifierConfig(blur_sigma=bad)
