@@ -261,20 +261,21 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
         "auroc_points": paired_gain(real, mixed, "auroc"),
     }
 
+    def summary(arm: dict, base: dict | None = None) -> dict:
+        """An arm's headline figures, with its paired gains over ``base`` when given."""
+        out = {"n_synthetic": arm["n_synthetic"], "rare_recall": arm["per_class_recall"][RARE],
+               "balanced_accuracy": arm["balanced_accuracy"], "auroc": arm["auroc"],
+               "per_class_recall": arm["per_class_recall"]}
+        if base is not None:
+            out["rare_recall_gain_points"] = paired_gain(base, arm, "", RARE)
+            out["balanced_accuracy_gain_points"] = paired_gain(base, arm, "balanced_accuracy")
+        return out
+
     def extra(name: str, data, config: UtilityConfig = cfg, base: dict = real) -> dict:  # noqa: ANN001
         t = time.time()
         r = evaluate_utility(train, test, data, ev / name, config, arms=("real+synthetic",))
         timings[name] = time.time() - t
-        arm = r["arms"]["real+synthetic"]
-        return {
-            "n_synthetic": len(data),
-            "rare_recall": arm["per_class_recall"][RARE],
-            "balanced_accuracy": arm["balanced_accuracy"],
-            "auroc": arm["auroc"],
-            "per_class_recall": arm["per_class_recall"],
-            "rare_recall_gain_points": paired_gain(base, arm, "", RARE),
-            "balanced_accuracy_gain_points": paired_gain(base, arm, "balanced_accuracy"),
-        }
+        return summary(r["arms"]["real+synthetic"], base)
 
     by_guidance = {name: extra(name, s) for name, s in syn.items() if name != main_name}
     oracle_set = load_labelled(d / "oracle.csv", role="oracle")
@@ -295,13 +296,9 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
     tex_real, tex_mixed = tex["arms"]["real"], tex["arms"]["real+synthetic"]
     texture = {
         "classifier": {"augment": True, "blur_sigma": BLUR_SIGMA},
-        "real": {"rare_recall": tex_real["per_class_recall"][RARE], "balanced_accuracy": tex_real["balanced_accuracy"],
-                 "auroc": tex_real["auroc"], "per_class_recall": tex_real["per_class_recall"]},
+        "real": summary(tex_real),
         "real+synthetic": {
-            "rare_recall": tex_mixed["per_class_recall"][RARE], "balanced_accuracy": tex_mixed["balanced_accuracy"],
-            "auroc": tex_mixed["auroc"], "per_class_recall": tex_mixed["per_class_recall"],
-            "rare_recall_gain_points": paired_gain(tex_real, tex_mixed, "", RARE),
-            "balanced_accuracy_gain_points": paired_gain(tex_real, tex_mixed, "balanced_accuracy"),
+            **summary(tex_mixed, tex_real),
             # against the plain classifier's real arm: is it better than the best real-only model?
             "balanced_accuracy_gain_over_plain_real_points": paired_gain(real, tex_mixed, "balanced_accuracy"),
         },
