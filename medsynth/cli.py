@@ -2,7 +2,9 @@
 
 Exit status: 0 success, 2 bad input (``MedsynthError``), 3 privacy gate failed
 (``PrivacyError``), 1 an internal error (a bug: please report it with ``--debug`` output).
-Errors print as one line, ``medsynth: error: ...``; ``--debug`` shows the traceback.
+Errors print as one line, ``medsynth: error: ...`` (usage errors name the command and the value
+given: ``medsynth generate: error: Invalid value for '--threads': ... (got '0'); see ...``);
+``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -373,6 +375,29 @@ def _privacy_index(
     return 0
 
 
+def _given(param_names: list[str], args: list[str]) -> str | None:
+    """The value typed for an option (``--opt V`` or ``--opt=V``), or None."""
+    for i, a in enumerate(args):
+        for name in param_names:
+            if a == name and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(name + "="):
+                return a[len(name) + 1 :]
+    return None
+
+
+def _usage_line(exc: Exception, args: list[str]) -> str:
+    """Click's three-line usage error as one line: command, message, the value given, where to look."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "medsynth"
+    message = (exc.format_message() if hasattr(exc, "format_message") else str(exc)).rstrip(".")
+    param = getattr(exc, "param", None)
+    names = list(getattr(param, "opts", []) or [])
+    value = _given(names, args) if names else None
+    got = f" (got {value!r})" if value is not None else ""
+    return f"{command}: error: {message}{got}; see '{command} --help'"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -381,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=args, prog_name="medsynth", standalone_mode=False)
     except _EXIT as exc:
         return exc.exit_code
-    except _USAGE as exc:  # usage errors: unknown option, missing arg
-        exc.show()
+    except _USAGE as exc:  # usage errors: unknown option, missing argument, value out of range
+        print(_usage_line(exc, args), file=sys.stderr)
         return 2
     except _ABORT:
         print("medsynth: error: aborted", file=sys.stderr)
