@@ -45,7 +45,7 @@ from medsynth.io.atomic import atomic_write_text
 from medsynth.models.artifact import load_model
 from medsynth.models.ldm import LatentDiffusionModel
 from medsynth.sampling import Synthesizer
-from medsynth.sampling.synthesizer import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from medsynth.sampling.synthesizer import DEFAULT_STEPS
 from medsynth.sampling.tiling import decode_tiled
 from medsynth.seeding import torch_generator
 
@@ -109,7 +109,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model)
     synth = Synthesizer(model)
     baseline_unet = monai_unet(model)
-    steps, g, b = args.steps, args.guidance, args.batch
+    steps, b = args.steps, args.batch
+    g = synth.default_guidance_scale if args.guidance is None else args.guidance
 
     def ours(sampler: str) -> Callable[[], object]:
         return lambda: synth(
@@ -185,7 +186,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         synth._decode = timed_decode  # type: ignore[method-assign]
         out["baseline_rss_mb"] = round(_maxrss_mb(), 1)
         t = time.perf_counter()
-        scan = synth("nodule", "CT", num_inference_steps=spec["steps"], guidance_scale=DEFAULT_GUIDANCE, seed=0)[0]
+        scan = synth("nodule", "CT", num_inference_steps=spec["steps"], seed=0)[0]
         out["seconds_total"] = round(time.perf_counter() - t, 2)
         out["seconds_decode"] = round(decode_times[0], 2)
         np.savez(spec["image_out"], x=scan.array)
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--model", default="builtin:phantom-2d")
     tp.add_argument("--batch", type=int, default=64)
     tp.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    tp.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    tp.add_argument("--guidance", type=float, default=None, help="default: the model's")
     tp.add_argument("--repeats", type=int, default=3)
     vp = sub.add_parser("volume")
     vp.add_argument("--model", default="builtin:phantom-3d")

@@ -95,6 +95,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     classes = [(p, m) for p in model.pathologies for m in model.modalities]
     synth = Synthesizer(model)
     sampler = args.sampler or synth.default_sampler
+    guidance = synth.default_guidance_scale if args.guidance is None else args.guidance
     print(f"{args.model}: {dim}D {size}, classes {[_label(*c) for c in classes]}", flush=True)
 
     cache, n_train = args.classifier_dir, args.n_train
@@ -121,7 +122,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         scans: list[Scan] = []
         for p, m in classes:
             scans += synth(
-                p, m, num_samples=args.n, num_inference_steps=steps, guidance_scale=args.guidance,
+                p, m, num_samples=args.n, num_inference_steps=steps, guidance_scale=guidance,
                 sampler=sampler, seed=derive_seed(args.seed, "model-quality-samples", p, m), batch_size=args.batch_size,
             )
         acc = accuracy(clf, scans, wanted, in_size)
@@ -150,7 +151,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "spatial_dims": dim,
         "grid": list(model.preprocessing.size),
         "sampler": sampler,
-        "guidance_scale": args.guidance,
+        "guidance_scale": guidance,
         "n_per_class": args.n,
         "classifier": {"n_train_per_class": n_train, "in_size": in_size, "epochs": clf.config.epochs,
                        "batch_size": clf.config.batch_size, "seed": clf.config.seed,
@@ -216,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--in-size", type=int, default=None, help="classifier input size (default: the model grid)")
     ap.add_argument("--steps", type=_int_list, default=[5, 10, 15, 20, 25, 50], help="comma-separated step counts")
     ap.add_argument("--diversity-steps", type=int, default=20, help="step count whose samples get the diversity figure")
-    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the model's default_guidance_scale")
     ap.add_argument("--sampler", default=None, help="default: the model's default sampler")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)

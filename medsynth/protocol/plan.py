@@ -44,6 +44,7 @@ class ModelInfo:
     kind: str  # "ddpm" (noise schedule) or "rflow"
     num_train_timesteps: int
     has_privacy_index: bool
+    default_guidance_scale: float
 
     @property
     def id(self) -> str:
@@ -80,6 +81,7 @@ def read_model_info(ref: str, base_dir: Path) -> ModelInfo:
         kind=str(cfg.scheduler["kind"]),
         num_train_timesteps=int(cfg.scheduler["num_train_timesteps"]),
         has_privacy_index=privacy.is_dir() and any(privacy.iterdir()),
+        default_guidance_scale=cfg.default_guidance_scale,
     )
 
 
@@ -249,6 +251,11 @@ def _check_class(
     return ("|".join(sorted(labels)), mod) if ok else None
 
 
+def _guidance(written: float | None, model: ModelInfo) -> float:
+    """The guidance a quota samples with: as written, else the model's own default."""
+    return model.default_guidance_scale if written is None else float(written)
+
+
 def _check_sampler(
     errs: _Collector, loc: tuple[Any, ...], method: str | None, steps: int, model: ModelInfo, report: bool = True
 ) -> str:
@@ -343,7 +350,7 @@ def _balance_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo, me
                 count=target - n,
                 method=method,
                 steps=p.sampler.steps,
-                guidance_scale=p.sampler.guidance_scale,
+                guidance_scale=_guidance(p.sampler.guidance_scale, model),
             )
         )
     return quotas
@@ -373,7 +380,8 @@ def _explicit_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo) -
                 count=q.count,
                 method=method,
                 steps=steps,
-                guidance_scale=q.guidance_scale if q.guidance_scale is not None else p.sampler.guidance_scale,
+                guidance_scale=_guidance(q.guidance_scale if q.guidance_scale is not None else p.sampler.guidance_scale,
+                                         model),
                 extend=extend,
             )
         )

@@ -41,7 +41,7 @@ SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 SAMPLER_NAMES: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "rflow")
 FORMAT_NAMES: tuple[str, ...] = ("dicom", "nifti", "png")
 MAX_STEPS = 1000
-MAX_GUIDANCE = 20.0  # sampling.synthesizer.GUIDANCE_RANGE
+MAX_GUIDANCE = 20.0  # models.ldm.GUIDANCE_RANGE
 MAX_BATCH = 4096
 MAX_COUNT = 1_000_000  # per quota: a typo such as 10**9 is an error, not an hours-long plan
 
@@ -118,7 +118,10 @@ class SamplerSpec(_Strict):
         "(dpm++ for noise-schedule models, rflow for rectified-flow models).",
     )
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="Number of inference steps.")
-    guidance_scale: float = Field(3.0, ge=0.0, le=MAX_GUIDANCE, description="Classifier-free guidance scale.")
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE,
+        description="Classifier-free guidance scale; default: the model's default_guidance_scale (its model card).",
+    )
     batch_size: int = Field(16, ge=1, le=MAX_BATCH, description="Cases sampled together (affects speed only).")
 
 

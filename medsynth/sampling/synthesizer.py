@@ -25,7 +25,7 @@ import torch
 
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
-from medsynth.models.ldm import LatentDiffusionModel
+from medsynth.models.ldm import GUIDANCE_RANGE, LatentDiffusionModel
 from medsynth.sampling.samplers import (
     DEFAULT_SAMPLER,
     Sampler,
@@ -36,9 +36,7 @@ from medsynth.sampling.samplers import (
 from medsynth.sampling.tiling import check_window, decode_tiled
 from medsynth.seeding import derive_seed, torch_generator
 
-GUIDANCE_RANGE = (0.0, 20.0)
 DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 3.0
 
 Pathology = str | Sequence[str]
 
@@ -93,6 +91,11 @@ class Synthesizer:
         """The sampler used when none is named: ``dpm++`` (or ``rflow`` for rectified-flow models)."""
         return DEFAULT_SAMPLER[self.kind]
 
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance used when none is named: the model's ``config.default_guidance_scale``."""
+        return self.model.config.default_guidance_scale
+
     def __call__(
         self,
         pathology: Pathology,
@@ -100,7 +103,7 @@ class Synthesizer:
         *,
         num_samples: int = 1,
         num_inference_steps: int = DEFAULT_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_scale: float | None = None,
         sampler: str | None = None,
         seed: int = 0,
         batch_size: int = 16,
@@ -113,7 +116,7 @@ class Synthesizer:
             num_samples: how many scans.
             num_inference_steps: UNet evaluations per sample (1 .. the training timesteps).
             guidance_scale: classifier-free guidance ``g`` in ``[0, 20]``; 1 = conditional only
-                (one UNet pass per step), 0 = unconditional.
+                (one UNet pass per step), 0 = unconditional; default ``default_guidance_scale``.
             sampler: ``"ddpm"``, ``"ddim"``, ``"dpm++"`` or ``"rflow"``; default ``default_sampler``.
             seed: request seed; per-sample seeds are derived from it.
             batch_size: samples per UNet call (memory/speed only; results do not depend on it).
@@ -144,7 +147,7 @@ class Synthesizer:
         seeds: Sequence[int],
         *,
         num_inference_steps: int = DEFAULT_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_scale: float | None = None,
         sampler: str | None = None,
         batch_size: int = 16,
     ) -> list[Scan]:
@@ -184,7 +187,7 @@ class Synthesizer:
         modality: str | None = None,
         num_samples: int = 1,
         num_inference_steps: int = DEFAULT_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        guidance_scale: float | None = None,
         sampler: str | None = None,
         seed: int = 0,
         batch_size: int = 16,
@@ -335,6 +338,7 @@ class Synthesizer:
         self, sampler: str | None, steps: object, guidance_scale: object, batch_size: object
     ) -> dict[str, Any]:
         name = self.default_sampler if sampler is None else sampler
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         check_sampler(name, self.kind)
         n = check_steps(steps, int(self.model.config.scheduler["num_train_timesteps"]))
         lo, hi = GUIDANCE_RANGE
@@ -342,7 +346,7 @@ class Synthesizer:
         if not ok or not math.isfinite(guidance_scale) or not lo <= guidance_scale <= hi:  # type: ignore[arg-type]
             raise InputError(
                 f"guidance_scale={guidance_scale!r}: expected a number in [{lo:g}, {hi:g}] "
-                "(1 = no guidance, 3 is a good default)"
+                f"(1 = no guidance; this model's default is {self.default_guidance_scale:g})"
             )
         return {
             "sampler": name,

@@ -198,6 +198,9 @@ class TrainConfig(_Strict):
     sample_every: int = Field(default=1000, ge=1)
     log_every: int = Field(default=50, ge=1)
     early_stopping_patience: int = Field(default=0, ge=0)  # validations without improvement; 0 = off
+    # Written into the model's config.json: the guidance sampling uses when a caller names none.
+    # It does not change the weights, so it is not part of the stages' fingerprints.
+    default_guidance_scale: float = Field(default=3.0, ge=0, le=20)
     weights_dtype: Literal["float32", "float16"] = "float32"
     build_privacy_index: bool = True
 
@@ -241,7 +244,7 @@ class TrainConfig(_Strict):
         """
         d = self.model_dump(mode="json", exclude={"output_dir", "work_dir", "device", "threads", "log_every",
                                                  "sample_every", "checkpoint_every", "build_privacy_index",
-                                                 "name", "weights_dtype"})
+                                                 "name", "weights_dtype", "default_guidance_scale"})
         if stage == "stage1":
             d = {k: d[k] for k in ("data", "preprocessing", "autoencoder", "stage1", "seed", "precision",
                                    "val_every", "early_stopping_patience")}

@@ -124,6 +124,7 @@ def _model_config(cfg: TrainConfig, catalog: Catalog, train: Catalog, pre: Prepr
         fingerprint=train.fingerprint(),
         name=cfg.name,
         weights_dtype=cfg.weights_dtype,
+        default_guidance_scale=cfg.default_guidance_scale,
     )
 
 

@@ -84,3 +84,14 @@ def test_config_errors(tiny_config):
     bad["preprocessing"]["size"] = [17, 17]
     with pytest.raises(InputError, match="divisible"):
         LatentDiffusionModel(ModelConfig.from_dict(bad))
+
+
+def test_default_guidance_scale_is_kept_checked_and_optional(tiny_config):
+    d = tiny_config(2).to_dict()
+    assert d["default_guidance_scale"] == 3.0
+    assert ModelConfig.from_dict({**d, "default_guidance_scale": 5}).default_guidance_scale == 5.0
+    del d["default_guidance_scale"]  # a config.json written before the field existed
+    assert ModelConfig.from_dict(d).default_guidance_scale == 3.0
+    for bad in (25, -1, float("nan"), "high", True):
+        with pytest.raises(InputError, match=r"config.default_guidance_scale: expected a number in \[0, 20\]"):
+            ModelConfig.from_dict({**d, "default_guidance_scale": bad})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -180,6 +181,19 @@ def test_valid_protocol_reports_the_plan(model_dirs, make_protocol, write_protoc
     assert not (tmp_path / "out").exists()
 
 
+def test_unwritten_guidance_is_the_models_default(model_dirs, make_protocol, write_protocol, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(model_dirs["2d"], model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "default_guidance_scale": 5.5}))
+    doc = make_protocol(model)
+    del doc["sampler"]["guidance_scale"]
+    code, lines, out = _validate(write_protocol(doc), capsys)
+    assert code == 0 and not lines, lines
+    assert "quotas[0]: 3 x normal/CT, ddim 2 steps, guidance 5.5" in out  # the model's
+    assert "quotas[1]: 2 x nodule/MR, ddim 2 steps, guidance 4" in out  # the quota's own
+
+
 def test_protocol_schema_command_prints_the_json_schema(capsys):
     assert main(["protocol-schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
@@ -192,7 +206,7 @@ def test_protocol_schema_command_prints_the_json_schema(capsys):
 def test_names_match_the_rest_of_medsynth():
     from medsynth.io import FORMATS
     from medsynth.sampling.samplers import SAMPLERS
-    from medsynth.sampling.synthesizer import GUIDANCE_RANGE
+    from medsynth.models.ldm import GUIDANCE_RANGE
 
     assert set(SAMPLER_NAMES) == set(SAMPLERS)
     assert set(FORMAT_NAMES) == set(FORMATS)

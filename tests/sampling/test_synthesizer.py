@@ -62,6 +62,26 @@ def test_exact_denoiser_gives_guided_latent_decoded_in_hounsfield_units(
         torch.testing.assert_close(ctx[3:], cond.expand(3, -1, -1))
 
 
+def test_unnamed_guidance_is_the_models_own_default(model2d, make_oracle) -> None:
+    """guidance_scale=None (the default) samples with config.default_guidance_scale, named values win."""
+    model = make_oracle(model2d)
+    model.config.default_guidance_scale = 5.0
+    synth = Synthesizer(model)
+    assert synth.default_guidance_scale == 5.0
+    own = synth("mass", "CT", num_samples=2, num_inference_steps=4, sampler="ddim")
+    named = synth("mass", "CT", num_samples=2, num_inference_steps=4, sampler="ddim", guidance_scale=5.0)
+    other = synth("mass", "CT", num_samples=2, num_inference_steps=4, sampler="ddim", guidance_scale=3.0)
+    np.testing.assert_array_equal(own[0].array, named[0].array)
+    assert not np.allclose(own[0].array, other[0].array, atol=1.0)
+    model.unet.reset()
+    synth.variation(own[0], strength=0.5, num_inference_steps=4, sampler="ddim")
+    assert {b for b, _ in model.unet.calls} == {2}  # guided (batch [null; cond]) at the default 5
+    model.config.default_guidance_scale = 1.0
+    model.unet.reset()
+    synth("mass", "CT", num_samples=3, num_inference_steps=4, sampler="ddim")
+    assert {b for b, _ in model.unet.calls} == {3}  # default 1: conditional only, one pass per step
+
+
 def test_rflow_model_samples_with_rflow_only(model_rflow, make_oracle) -> None:
     model = make_oracle(model_rflow, seed=3)
     synth = Synthesizer(model)

@@ -66,7 +66,8 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_fingerprint_ignores_bookkeeping_only(tmp_path, tiny_cfg):
     a = parse_config(tiny_cfg(Path("l.csv"), tmp_path))
-    b = parse_config(tiny_cfg(Path("l.csv"), tmp_path / "elsewhere", log_every=7, threads=2))
+    b = parse_config(tiny_cfg(Path("l.csv"), tmp_path / "elsewhere", log_every=7, threads=2,
+                              default_guidance_scale=5.0))
     c = parse_config(tiny_cfg(Path("l.csv"), tmp_path, stage2={"lr": 1e-3}))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 

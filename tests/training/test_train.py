@@ -24,7 +24,7 @@ def _weights(model_dir) -> dict[str, torch.Tensor]:
 
 
 def test_train_2d_writes_a_loadable_model(phantoms_2d, tiny_cfg, tmp_path, capsys):
-    cfg = parse_config(tiny_cfg(phantoms_2d, tmp_path, stage2={
+    cfg = parse_config(tiny_cfg(phantoms_2d, tmp_path, default_guidance_scale=4.5, stage2={
         "scheduler": {"kind": "ddpm", "schedule": "cosine", "prediction_type": "v_prediction"}}))
     out = pipeline.train(cfg, progress=False, command="medsynth train tiny.yaml")
     model = load_model(out)
@@ -35,6 +35,7 @@ def test_train_2d_writes_a_loadable_model(phantoms_2d, tiny_cfg, tmp_path, capsy
     assert sum(conf["fingerprint"]["counts"].values()) == 64  # the CSV's train split: 8 of 10 per class
     assert conf["preprocessing"]["intensity"]["CT"] == {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
     assert 0.01 < conf["scale_factor"] < 100
+    assert conf["default_guidance_scale"] == 4.5 and model.config.default_guidance_scale == 4.5
     card = (out / "model_card.md").read_text()
     assert "`medsynth train tiny.yaml`" in card and conf["fingerprint"]["file_list_sha256"] in card
     assert "| nodule/CT | 8 |" in card
