@@ -199,7 +199,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=50, ge=1)
     early_stopping_patience: int = Field(default=0, ge=0)  # validations without improvement; 0 = off
     # Written into the model's config.json: the guidance sampling uses when a caller names none.
-    # It does not change the weights, so it is not part of the stages' fingerprints.
+    # It does not change the weights, so it is not part of the stages' fingerprints. Default and
+    # bounds are models.ldm.DEFAULT_GUIDANCE / GUIDANCE_RANGE (not imported: configs load without torch).
     default_guidance_scale: float = Field(default=3.0, ge=0, le=20)
     weights_dtype: Literal["float32", "float16"] = "float32"
     build_privacy_index: bool = True

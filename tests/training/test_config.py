@@ -90,3 +90,12 @@ def test_cli_reports_a_bad_config_on_one_line(tmp_path, tiny_cfg, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("medsynth: error: ") and "unet.chanels: unknown key" in err and err.count("\n") == 1
+
+
+def test_default_guidance_scale_matches_the_model_config():
+    from medsynth.models.ldm import DEFAULT_GUIDANCE, GUIDANCE_RANGE
+    from medsynth.training.config import TrainConfig
+
+    field = TrainConfig.model_fields["default_guidance_scale"]
+    bounds = {type(m).__name__: getattr(m, "ge", getattr(m, "le", None)) for m in field.metadata}
+    assert field.default == DEFAULT_GUIDANCE and (bounds["Ge"], bounds["Le"]) == GUIDANCE_RANGE
