@@ -6,12 +6,14 @@ file. Temporary names start with ``.tmp-`` so that a resumed run can sweep them 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TMP_PREFIX = ".tmp-"
 
@@ -69,6 +71,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, allow_nan: bool = False) -> None:
+    """Pretty JSON (sorted keys, indent 2), written atomically.
+
+    ``allow_nan=False`` refuses NaN/inf, which strict JSON readers reject; training logs,
+    where a diverged loss is worth recording as it is, pass ``allow_nan=True``.
+    """
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=allow_nan) + "\n")
 
 
 def remove_stale_temporaries(root: str | os.PathLike[str]) -> list[Path]:
