@@ -14,8 +14,11 @@ case-sensitive and may not contain ``/`` (it separates label and modality in gro
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from medsynth.errors import InputError
 
 PATHOLOGY_SEPARATOR = "|"
 GROUP_SEPARATOR = "/"
@@ -77,3 +80,61 @@ class Condition:
 
     def __str__(self) -> str:
         return self.group
+
+
+@dataclass(frozen=True)
+class UnknownLabel:
+    """A pathology or modality that a model's vocabulary does not hold, with the closest known one."""
+
+    kind: str  # "pathology" | "modality"
+    value: object  # as the caller gave it (a protocol or an API call may give a non-string)
+    allowed: tuple[str, ...]
+
+    @property
+    def hint(self) -> str | None:
+        close = difflib.get_close_matches(str(self.value), self.allowed, n=1)
+        return close[0] if close else None
+
+    def message(self, model: str | None = None) -> str:
+        """One line: the value, what the model knows, and the nearest label.
+
+        ``model`` (a model reference) gives the protocol form, which names the model and
+        lists the labels plainly; without it, the Python API's form.
+        """
+        hint = f" (did you mean {self.hint!r}?)" if self.hint else ""
+        if model is not None:
+            return f"{self.value!r} is not a {self.kind} of model {model}; allowed: {', '.join(self.allowed)}{hint}"
+        return f"unknown {self.kind} {self.value!r}; this model knows {list(self.allowed)}{hint}"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The pathologies and modalities a model was trained on (its config.json vocabularies)."""
+
+    pathologies: tuple[str, ...]
+    modalities: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pathologies: Iterable[str], modalities: Iterable[str]) -> Vocabulary:
+        return cls(tuple(str(p) for p in pathologies), tuple(str(m).upper() for m in modalities))
+
+    def unknown_pathologies(self, labels: Iterable[str]) -> list[UnknownLabel]:
+        """The labels (each one label, not ``|``-joined) this vocabulary lacks, in order."""
+        return [UnknownLabel("pathology", str(x), self.pathologies) for x in labels if str(x) not in self.pathologies]
+
+    def unknown_modality(self, modality: object) -> UnknownLabel | None:
+        """The modality as an ``UnknownLabel`` if this vocabulary lacks it (compared upper-case, as given)."""
+        if isinstance(modality, str) and modality.upper() in self.modalities:
+            return None
+        return UnknownLabel("modality", modality, self.modalities)
+
+    def check(self, pathologies: str | Iterable[str], modality: str) -> Condition:
+        """The canonical ``Condition``, or an ``InputError`` naming the first unknown label."""
+        labels = split_pathologies(pathologies)
+        problems = [*self.unknown_pathologies(labels)]
+        unknown_mod = self.unknown_modality(modality)
+        if unknown_mod is not None:
+            problems.append(unknown_mod)
+        if problems:
+            raise InputError(problems[0].message())
+        return Condition.of(labels, modality)

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsynth.conditions import GROUP_SEPARATOR, PATHOLOGY_SEPARATOR, Condition, group_key
+from medsynth.conditions import pathology_label as pathology_label  # re-exported: part of the catalog API
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io import peek_spatial_dims, read_scan
 from medsynth.io.atomic import atomic_write_text
@@ -40,21 +42,10 @@ from medsynth.seeding import numpy_rng
 
 REQUIRED_COLUMNS = ("path", "pathology", "modality")
 OPTIONAL_COLUMNS = ("split", "subject")
-PATHOLOGY_SEPARATOR = "|"
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 # DICOM modality codes are upper-case letters, digits and underscores, at most 16 long (VR CS).
 _MODALITY_RE = re.compile(r"^[A-Z0-9_]{1,16}$")
-
-
-def pathology_label(pathologies: Iterable[str]) -> str:
-    """The canonical class label of a set of pathologies: sorted, ``|``-joined.
-
-    Example:
-        >>> pathology_label(["nodule", "effusion"])
-        'effusion|nodule'
-    """
-    return PATHOLOGY_SEPARATOR.join(sorted(pathologies))
 
 
 @dataclass(frozen=True)
@@ -76,9 +67,18 @@ class Record:
     subject: str | None = None
 
     @property
+    def condition(self) -> Condition:
+        return Condition.of(self.pathologies, self.modality)
+
+    @property
     def pathology(self) -> str:
         """The class label, e.g. ``"effusion|nodule"``."""
-        return PATHOLOGY_SEPARATOR.join(self.pathologies)
+        return self.condition.label
+
+    @property
+    def group(self) -> str:
+        """The class name, e.g. ``"effusion|nodule/CT"``."""
+        return self.condition.group
 
 
 class Catalog:
@@ -242,7 +242,7 @@ class Catalog:
         """
         rel = sorted(Path(os.path.relpath(r.path, self.root)).as_posix() for r in self.records)
         digest = hashlib.sha256("\n".join(rel).encode("utf-8")).hexdigest()
-        counts = {f"{p}/{m}": n for (p, m), n in self.class_counts().items()}
+        counts = {group_key(p, m): n for (p, m), n in self.class_counts().items()}
         return {"counts": counts, "file_list_sha256": digest}
 
     # --- splits --------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def _parse_row(row: dict[str, str], line: int, csv_path: Path, root: Path) -> Re
         )
     if len(set(labels)) != len(labels):
         raise InputError(f"{where}: pathology {row['pathology']!r} repeats a label; list each once")
-    bad = [p for p in labels if "/" in p]
+    bad = [p for p in labels if GROUP_SEPARATOR in p]
     if bad:
         raise InputError(f"{where}: pathology label {bad[0]!r} contains '/', which names classes (pathology/modality); rename it")
     modality = row["modality"].upper()

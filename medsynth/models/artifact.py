@@ -120,6 +120,25 @@ def resolve_model_path(path_or_name: str | Path) -> Path:
     return path
 
 
+def load_config(path_or_name: str | Path) -> ModelConfig:
+    """The ``ModelConfig`` of a model directory or built-in model, without loading any weights.
+
+    The one reader of a model's config.json: ``load_model``, protocol validation and the
+    privacy index all come through here, so a damaged file gives the same message everywhere.
+
+    Raises:
+        InputError: no such model, not a model directory, unreadable or invalid config.json.
+    """
+    path = resolve_model_path(path_or_name)
+    try:
+        raw = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path / CONFIG_NAME}: not readable JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path / CONFIG_NAME}: expected a JSON object")
+    return ModelConfig.from_dict(raw)
+
+
 def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> LatentDiffusionModel:
     """Load a model directory or a built-in model (``"builtin:phantom-2d"``), in eval mode, float32.
 
@@ -128,13 +147,7 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
             or weights that do not fit the config.
     """
     path = resolve_model_path(path_or_name)
-    try:
-        raw = json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path / CONFIG_NAME}: not readable JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path / CONFIG_NAME}: expected a JSON object")
-    model = LatentDiffusionModel(ModelConfig.from_dict(raw))
+    model = LatentDiffusionModel(load_config(path))
     for fname, attr in WEIGHT_FILES.items():
         wpath = path / fname
         if not wpath.is_file():

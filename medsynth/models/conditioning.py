@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from medsynth.conditions import Vocabulary
 from medsynth.errors import InputError
 
 NULL_TOKEN = "<null>"
@@ -42,6 +43,7 @@ class Conditioner(nn.Module):
         for name, vocab in (("pathologies", self.pathologies), ("modalities", self.modalities)):
             if not vocab or len(set(vocab)) != len(vocab) or NULL_TOKEN in vocab:
                 raise InputError(f"conditioning {name}: expected a non-empty list of unique labels; got {vocab}")
+        self.vocabulary = Vocabulary.of(self.pathologies, self.modalities)
         self.dim = int(dim)
         self._pathology_index = {p: i + 1 for i, p in enumerate(self.pathologies)}
         self._modality_index = {m: i + 1 for i, m in enumerate(self.modalities)}
@@ -61,21 +63,21 @@ class Conditioner(nn.Module):
             labels = [item] if isinstance(item, str) else list(item)
             if not labels:
                 raise InputError(f"pathology of item {b}: empty; give at least one of {self.pathologies}")
+            unknown = self.vocabulary.unknown_pathologies(labels)
+            if unknown:
+                raise InputError(unknown[0].message())
             for label in labels:
-                idx = self._pathology_index.get(str(label))
-                if idx is None:
-                    raise InputError(f"unknown pathology {label!r}; this model knows {self.pathologies}")
-                rows[b, idx] = 1.0
+                rows[b, self._pathology_index[str(label)]] = 1.0
             rows[b] /= rows[b].sum()
         return rows.to(self.device)
 
     def _modality_ids(self, modalities: Sequence[str]) -> torch.Tensor:
         ids = []
         for label in modalities:
-            idx = self._modality_index.get(str(label).upper())
-            if idx is None:
-                raise InputError(f"unknown modality {label!r}; this model knows {self.modalities}")
-            ids.append(idx)
+            unknown = self.vocabulary.unknown_modality(label)
+            if unknown is not None:
+                raise InputError(unknown.message())
+            ids.append(self._modality_index[str(label).upper()])
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def forward(

@@ -21,6 +21,7 @@ from torch import nn
 from medsynth import __version__
 from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
+from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
 from medsynth.models.conditioning import Conditioner
 
 DEFAULT_SCHEDULER: dict[str, Any] = {
@@ -31,10 +32,6 @@ DEFAULT_SCHEDULER: dict[str, Any] = {
     "beta_end": 0.0195,
     "prediction_type": "epsilon",
 }
-
-# Classifier-free guidance scales a sampler accepts, and the default of a model that names none.
-GUIDANCE_RANGE = (0.0, 20.0)
-DEFAULT_GUIDANCE = 3.0
 
 SCHEDULES = ("linear_beta", "scaled_linear_beta", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -17,16 +17,16 @@ line of a ``ProtocolErrors``. The result, a ``RunPlan``, fixes:
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medsynth.errors import InputError, MedsynthError
+from medsynth.conditions import Condition, UnknownLabel, Vocabulary, group_key, split_pathologies
+from medsynth.digest import sha256_json
+from medsynth.errors import MedsynthError
 from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
 from medsynth.seeding import derive_seed
 
@@ -51,6 +51,10 @@ class ModelInfo:
         """``builtin:<name>`` for shipped models, else the config's name (never a local path)."""
         return self.ref if self.ref.startswith("builtin:") else self.name
 
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.pathologies, self.modalities)
+
 
 def read_model_info(ref: str, base_dir: Path) -> ModelInfo:
     """Resolve ``ref`` (``builtin:<name>`` or a folder relative to ``base_dir``) and read its config.
@@ -58,18 +62,11 @@ def read_model_info(ref: str, base_dir: Path) -> ModelInfo:
     Raises:
         InputError: no such model, not a model directory, or an invalid config.json.
     """
-    from medsynth.models.artifact import CONFIG_NAME, PRIVACY_DIR, resolve_model_path
-    from medsynth.models.ldm import ModelConfig
+    from medsynth.models.artifact import PRIVACY_DIR, load_config, resolve_model_path
 
     target: str | Path = ref if ref.startswith("builtin:") else (base_dir / ref)
     path = resolve_model_path(target)
-    try:
-        raw = json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path / CONFIG_NAME}: not readable JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path / CONFIG_NAME}: expected a JSON object")
-    cfg = ModelConfig.from_dict(raw)
+    cfg = load_config(path)
     privacy = path / PRIVACY_DIR
     return ModelInfo(
         ref=ref,
@@ -108,13 +105,17 @@ class QuotaPlan:
     extend: ExtendPlan | None = None
 
     @property
+    def condition(self) -> Condition:
+        return Condition.of(self.pathology, self.modality)
+
+    @property
     def pathologies(self) -> list[str]:
-        return self.pathology.split("|")
+        return list(self.condition.pathologies)
 
     @property
     def group(self) -> str:
         """The privacy-index group, ``pathology/modality``."""
-        return f"{self.pathology}/{self.modality}"
+        return self.condition.group
 
     def sampler_settings(self, batch_size: int) -> dict[str, Any]:
         return {
@@ -180,7 +181,7 @@ class RunPlan:
             "quotas": [_quota_doc(q) for q in self.quotas],
             "batches": [[c.case_id for c in b.cases] for b in self.batches],
         }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        return sha256_json(doc)
 
 
 def _quota_doc(q: QuotaPlan) -> dict[str, Any]:
@@ -222,33 +223,24 @@ class _Collector:
             raise ProtocolErrors(self.lines)
 
 
-def _unknown(kind: str, value: str, allowed: tuple[str, ...], model: str) -> str:
-    hint = difflib.get_close_matches(value, allowed, n=1)
-    return (
-        f"{value!r} is not a {kind} of model {model}; allowed: {', '.join(allowed)}"
-        + (f" (did you mean {hint[0]!r}?)" if hint else "")
-    )
-
-
 def _check_class(
     errs: _Collector, loc: tuple[Any, ...], pathology: str, modality: str, model: ModelInfo
-) -> tuple[str, str] | None:
-    """Canonical (pathology, modality) if both are in the model's vocabularies, else ``None``."""
+) -> Condition | None:
+    """The canonical condition if both parts are in the model's vocabularies, else ``None``."""
     ok = True
-    labels = [p.strip() for p in pathology.split("|")]
+    labels = split_pathologies(pathology)
     if len(set(labels)) != len(labels):
         errs.add((*loc, "pathology"), f"{pathology!r} names a pathology twice")
         ok = False
-    for label in labels:
-        if label not in model.pathologies:
-            errs.add((*loc, "pathology"), _unknown("pathology", label, model.pathologies, model.ref))
-            ok = False
-    mod = modality.strip().upper()
-    if mod not in model.modalities:
-        errs.add((*loc, "modality"), _unknown("modality", modality, model.modalities, model.ref))
+    for unknown in model.vocabulary.unknown_pathologies(labels):
+        errs.add((*loc, "pathology"), unknown.message(model.ref))
         ok = False
-    # Sorted, so "nodule|effusion" and "effusion|nodule" are one class with one case numbering.
-    return ("|".join(sorted(labels)), mod) if ok else None
+    unknown_mod = model.vocabulary.unknown_modality(modality.strip())
+    if unknown_mod is not None:
+        errs.add((*loc, "modality"), UnknownLabel("modality", modality, model.modalities).message(model.ref))
+        ok = False
+    # Canonical, so "nodule|effusion" and "effusion|nodule" are one class with one case numbering.
+    return Condition.of(labels, modality) if ok else None
 
 
 def _guidance(written: float | None, model: ModelInfo) -> float:
@@ -291,7 +283,7 @@ def _catalog(path: Path):  # -> medsynth.data.catalog.Catalog
 
 
 def _extend_sources(
-    errs: _Collector, loc: tuple[Any, ...], q: QuotaSpec, cls: tuple[str, str], base: Path
+    errs: _Collector, loc: tuple[Any, ...], q: QuotaSpec, cls: Condition, base: Path
 ) -> ExtendPlan | None:
     assert q.extend is not None
     spec = q.extend.sources
@@ -303,14 +295,9 @@ def _extend_sources(
         except MedsynthError as exc:
             errs.add(loc, str(exc))
             return None
-        pathology, modality = cls
-        paths = tuple(
-            r.path
-            for r in catalog.records
-            if "|".join(sorted(r.pathologies)) == pathology and r.modality.upper() == modality
-        )
+        paths = tuple(r.path for r in catalog.records if r.condition == cls)
         if not paths:
-            errs.add(loc, f"{csv} has no rows of class {pathology}/{modality} to vary; found {_classes(catalog)}")
+            errs.add(loc, f"{csv} has no rows of class {cls.group} to vary; found {_classes(catalog)}")
             return None
         return ExtendPlan(paths, q.extend.strength)
     paths = tuple(_resolve(base, s) for s in spec)
@@ -322,7 +309,7 @@ def _extend_sources(
 
 
 def _classes(catalog: Any) -> str:
-    return ", ".join(f"{p}/{m}" for p, m in sorted(catalog.class_counts())) or "none"
+    return ", ".join(group_key(p, m) for p, m in sorted(catalog.class_counts())) or "none"
 
 
 def _balance_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo, method: str) -> list[QuotaPlan]:
@@ -337,16 +324,16 @@ def _balance_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo, me
     target = max(counts.values()) if p.balance.target == "majority" else int(p.balance.target)
     quotas: list[QuotaPlan] = []
     for (pathology, modality), n in sorted(counts.items()):
-        where = f"balance.dataset class {pathology}/{modality}"
+        where = f"balance.dataset class {group_key(pathology, modality)}"
         cls = _check_class(errs, (where,), pathology, modality, model)
         if cls is None or n >= target:
             continue
         quotas.append(
             QuotaPlan(
                 index=len(quotas),
-                where=f"balance[{cls[0]}/{cls[1]}]",
-                pathology=cls[0],
-                modality=cls[1],
+                where=f"balance[{cls.group}]",
+                pathology=cls.label,
+                modality=cls.modality,
                 count=target - n,
                 method=method,
                 steps=p.sampler.steps,
@@ -375,8 +362,8 @@ def _explicit_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo) -
             QuotaPlan(
                 index=i,
                 where=format_loc(loc),
-                pathology=cls[0],
-                modality=cls[1],
+                pathology=cls.label,
+                modality=cls.modality,
                 count=q.count,
                 method=method,
                 steps=steps,

@@ -34,14 +34,15 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from medsynth.errors import ProtocolError
+from medsynth.limits import GUIDANCE_RANGE, MAX_STEPS
+from medsynth.strict import StrictModel
 
 SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 # Sampler and format names as the rest of medsynth spells them (sampling.samplers registry,
 # io.FORMATS); a test checks that these stay in step.
 SAMPLER_NAMES: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "rflow")
 FORMAT_NAMES: tuple[str, ...] = ("dicom", "nifti", "png")
-MAX_STEPS = 1000
-MAX_GUIDANCE = 20.0  # models.ldm.GUIDANCE_RANGE
+MAX_GUIDANCE = GUIDANCE_RANGE[1]
 MAX_BATCH = 4096
 MAX_COUNT = 1_000_000  # per quota: a typo such as 10**9 is an error, not an hours-long plan
 
@@ -84,7 +85,8 @@ def _target(value: Any) -> Any:
 Text = Annotated[str, AfterValidator(_nonblank)]
 
 
-class _Strict(BaseModel):
+class _Strict(StrictModel):
+    # Protocols are stricter than the base: no "2" for 2, and a parsed protocol never changes.
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 

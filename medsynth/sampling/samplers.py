@@ -36,7 +36,6 @@ a sample does not depend on the batch it was generated in.
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.networks.schedulers.scheduler import Scheduler
 
 from medsynth.errors import InputError
+from medsynth.limits import check_steps
 
 # Model kinds, as in ModelConfig.scheduler["kind"].
 VP_KIND = "ddpm"  # variance-preserving noise schedule (epsilon / v / sample prediction)
@@ -293,17 +293,6 @@ def check_sampler(name: str, kind: str) -> SamplerEntry:
             f"{kind!r}; choose one of {available_samplers(kind)}"
         )
     return entry
-
-
-def check_steps(num_inference_steps: object, num_train_timesteps: int) -> int:
-    """``num_inference_steps`` as an int in ``[1, num_train_timesteps]``, or an ``InputError``."""
-    ok = isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)
-    if not ok or not 1 <= num_inference_steps <= num_train_timesteps:  # type: ignore[operator]
-        raise InputError(
-            f"num_inference_steps={num_inference_steps!r}: expected an integer from 1 to "
-            f"{num_train_timesteps} (the model's training timesteps); 20 is a good default"
-        )
-    return int(num_inference_steps)  # type: ignore[arg-type]
 
 
 def make_sampler(

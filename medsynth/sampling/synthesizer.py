@@ -15,7 +15,6 @@ Because every random draw belongs to one sample, results do not depend on ``batc
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,14 +22,15 @@ from typing import Any
 
 import torch
 
+from medsynth.conditions import Vocabulary
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
-from medsynth.models.ldm import GUIDANCE_RANGE, LatentDiffusionModel
+from medsynth.limits import check_guidance, check_seed, check_steps, positive_int
+from medsynth.models.ldm import LatentDiffusionModel
 from medsynth.sampling.samplers import (
     DEFAULT_SAMPLER,
     Sampler,
     check_sampler,
-    check_steps,
     make_sampler,
 )
 from medsynth.sampling.tiling import check_window, decode_tiled
@@ -39,12 +39,6 @@ from medsynth.seeding import derive_seed, torch_generator
 DEFAULT_STEPS = 20
 
 Pathology = str | Sequence[str]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InputError(f"{name}={value!r}: expected a positive integer")
-    return int(value)
 
 
 class Synthesizer:
@@ -128,8 +122,8 @@ class Synthesizer:
         Raises:
             InputError: an unknown pathology, modality or sampler, or a setting out of range.
         """
-        n = _positive_int("num_samples", num_samples)
-        self._check_seed(seed)
+        n = positive_int("num_samples", num_samples)
+        check_seed(seed)
         return self.generate(
             [pathology] * n,
             [modality] * n,
@@ -170,7 +164,7 @@ class Synthesizer:
         labels = [self._check_pathology(p) for p in pathologies]
         mods = [self._check_modality(m) for m in modalities]
         for s in seeds:
-            self._check_seed(s)
+            check_seed(s)
         settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
         scans: list[Scan] = []
         for lo in range(0, len(seeds), settings["batch_size"]):
@@ -223,8 +217,8 @@ class Synthesizer:
             pathology = str(found).split("|")
         label = self._check_pathology(pathology)
         mod = self._check_modality(modality if modality is not None else scan.modality)
-        n = _positive_int("num_samples", num_samples)
-        self._check_seed(seed)
+        n = positive_int("num_samples", num_samples)
+        check_seed(seed)
         settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
         with torch.inference_mode():
             x = self.model.preprocessing.to_model(scan).unsqueeze(0).to(self.device)
@@ -314,9 +308,9 @@ class Synthesizer:
             raise InputError(
                 f"pathology={pathology!r}: expected a label or a non-empty list of labels from {self.model.pathologies}"
             )
-        for label in labels:
-            if label not in self.model.pathologies:
-                raise InputError(f"unknown pathology {label!r}; this model knows {self.model.pathologies}")
+        unknown = self._vocabulary.unknown_pathologies(labels)
+        if unknown:
+            raise InputError(unknown[0].message())
         return [str(label) for label in labels]
 
     def _check_modality(self, modality: object) -> str:
@@ -325,14 +319,14 @@ class Synthesizer:
                 return self.model.modalities[0]
             raise InputError(f"modality is required for this model; choose one of {self.model.modalities}")
         # Modality codes are upper-case DICOM codes; Scan and the conditioner compare them so.
-        if not isinstance(modality, str) or modality.upper() not in self.model.modalities:
-            raise InputError(f"unknown modality {modality!r}; this model knows {self.model.modalities}")
-        return modality.upper()
+        unknown = self._vocabulary.unknown_modality(modality)
+        if unknown is not None:
+            raise InputError(unknown.message())
+        return str(modality).upper()
 
-    @staticmethod
-    def _check_seed(seed: object) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise InputError(f"seed={seed!r}: expected a non-negative integer")
+    @property
+    def _vocabulary(self) -> Vocabulary:
+        return Vocabulary.of(self.model.pathologies, self.model.modalities)
 
     def _check_settings(
         self, sampler: str | None, steps: object, guidance_scale: object, batch_size: object
@@ -341,16 +335,9 @@ class Synthesizer:
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         check_sampler(name, self.kind)
         n = check_steps(steps, int(self.model.config.scheduler["num_train_timesteps"]))
-        lo, hi = GUIDANCE_RANGE
-        ok = isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, bool)
-        if not ok or not math.isfinite(guidance_scale) or not lo <= guidance_scale <= hi:  # type: ignore[arg-type]
-            raise InputError(
-                f"guidance_scale={guidance_scale!r}: expected a number in [{lo:g}, {hi:g}] "
-                f"(1 = no guidance; this model's default is {self.default_guidance_scale:g})"
-            )
         return {
             "sampler": name,
             "steps": n,
-            "guidance_scale": float(guidance_scale),  # type: ignore[arg-type]
-            "batch_size": _positive_int("batch_size", batch_size),
+            "guidance_scale": check_guidance(guidance_scale, self.default_guidance_scale),
+            "batch_size": positive_int("batch_size", batch_size),
         }

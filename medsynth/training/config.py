@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from medsynth.errors import InputError
+from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
+from medsynth.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PhantomData(_Strict):
+class PhantomData(StrictModel):
     """Generate the built-in phantoms (``medsynth.data.phantoms.phantom_dataset``) into the work folder."""
 
     dim: Literal[2, 3]
@@ -41,7 +39,7 @@ class PhantomData(_Strict):
     fmt: Literal["nifti", "dicom", "png"] = "nifti"
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Exactly one of ``labels`` (a labels.csv) or ``phantoms``."""
 
     labels: Path | None = None
@@ -57,7 +55,7 @@ class DataConfig(_Strict):
         return self
 
 
-class PreprocessingConfig(_Strict):
+class PreprocessingConfig(StrictModel):
     """The model grid. ``spacing`` None: the first training scan's field of view divided by ``size``.
 
     ``intensity`` None per modality: CT linear [-1000, 1000] HU; any other modality linear between
@@ -70,7 +68,7 @@ class PreprocessingConfig(_Strict):
     slice_thickness: float | None = None
 
 
-class AutoencoderConfig(_Strict):
+class AutoencoderConfig(StrictModel):
     """``monai.networks.nets.AutoencoderKL`` sizes."""
 
     channels: list[int] = Field(default=[32, 64, 64], min_length=2)
@@ -97,7 +95,7 @@ class AutoencoderConfig(_Strict):
         }
 
 
-class UNetConfig(_Strict):
+class UNetConfig(StrictModel):
     """``monai.networks.nets.DiffusionModelUNet`` sizes; ``cond_dim`` is the cross-attention width."""
 
     channels: list[int] = Field(default=[64, 128, 128], min_length=2)
@@ -126,7 +124,7 @@ class UNetConfig(_Strict):
         }
 
 
-class _StageCommon(_Strict):
+class _StageCommon(StrictModel):
     steps: int = Field(ge=1)
     batch_size: int = Field(default=16, ge=1)  # per process and micro-batch
     grad_accum: int = Field(default=1, ge=1)
@@ -155,7 +153,7 @@ class Stage1Config(_StageCommon):
     disc_layers: int = Field(default=2, ge=1)
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     """The noise schedule (MONAI ``DDPMScheduler`` names) or rectified flow (``RFlowScheduler``)."""
 
     kind: Literal["ddpm", "rflow"] = "ddpm"
@@ -177,7 +175,7 @@ class Stage2Config(_StageCommon):
     preview_steps: int = Field(default=25, ge=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """A full training run: data, grid, model sizes, the two stages, bookkeeping."""
 
     name: str = "medsynth-ldm"
@@ -199,9 +197,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=50, ge=1)
     early_stopping_patience: int = Field(default=0, ge=0)  # validations without improvement; 0 = off
     # Written into the model's config.json: the guidance sampling uses when a caller names none.
-    # It does not change the weights, so it is not part of the stages' fingerprints. Default and
-    # bounds are models.ldm.DEFAULT_GUIDANCE / GUIDANCE_RANGE (not imported: configs load without torch).
-    default_guidance_scale: float = Field(default=3.0, ge=0, le=20)
+    # It does not change the weights, so it is not part of the stages' fingerprints.
+    default_guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
     weights_dtype: Literal["float32", "float16"] = "float32"
     build_privacy_index: bool = True
 
