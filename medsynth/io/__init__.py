@@ -3,8 +3,9 @@
 Formats: NIfTI (``.nii``, ``.nii.gz``), DICOM (files, series folders, trees), and 2D
 PNG/TIFF/JPEG. ``read_scan`` reads one scan, ``read_scans`` everything under a path
 (errors per item, for ``medsynth inspect``), ``write_scan`` writes one scan in a named
-format. The readers themselves live in ``nifti.py``, ``png.py`` and ``dicom.py``; this
-module only decides which one to call.
+format. What each format is (names, magic bytes, reader, writer) is its entry in
+``medsynth.io.formats``; the readers themselves live in ``nifti.py``, ``png.py`` and
+``dicom/``. This module only decides which entry to use.
 
 Example:
     >>> from medsynth.io import read_scan, write_scan
@@ -19,14 +20,22 @@ import os
 from pathlib import Path
 
 from medsynth.errors import InputError, MedsynthError, file_error
-from medsynth.io.atomic import TMP_PREFIX
-from medsynth.io.nifti import NIFTI_SUFFIXES, is_nifti_path, read_nifti, write_nifti
-from medsynth.io.png import is_image_path, read_png, write_png
+from medsynth.io.files import check_readable, walk_files
+from medsynth.io.formats import (
+    FOLDER_FORMAT,
+    SNIFF_BYTES,
+    format_by_magic,
+    format_by_name,
+    format_by_probe,
+    format_names,
+    get_format,
+)
+from medsynth.io.nifti import read_nifti, write_nifti
+from medsynth.io.png import read_png, write_png
 from medsynth.io.scan import Scan
 
-FORMATS = ("nifti", "dicom", "png")
-
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# The format names in preference order (the registry is ``medsynth.io.formats.FORMATS``).
+FORMATS: tuple[str, ...] = format_names()
 
 # Files that sit beside scans in datasets and medsynth output folders (labels, manifests,
 # reports, notes). ``read_scans`` passes over them instead of reporting each as a bad scan.
@@ -34,15 +43,11 @@ COMPANION_SUFFIXES = (
     ".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".html", ".log", ".pdf",
 )
 
-# Leading bytes of the formats that can be told by content when the name does not say.
-_MAGIC_IMAGE = (b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff")
 
-
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise file_error(path, "no such file or folder")
-    if not os.access(path, os.R_OK):
-        raise file_error(path, "permission denied (not readable by this user)")
+def _single_file(path: Path) -> bool:
+    """True when the name says a one-scan-per-file format (NIfTI, PNG/TIFF/JPEG)."""
+    fmt = format_by_name(path)
+    return fmt is not None and not fmt.is_folder
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -56,33 +61,22 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         InputError: missing, unreadable or empty file, or content of no known format.
     """
     path = Path(path)
-    _check_readable(path)
+    check_readable(path)
     if path.is_dir():
-        return "dicom"
-    if is_nifti_path(path):
-        return "nifti"
-    if is_image_path(path):
-        return "png"
-    if str(path).lower().endswith(DICOM_SUFFIXES):
-        return "dicom"
+        return FOLDER_FORMAT.name
+    fmt = format_by_name(path)
+    if fmt is not None:
+        return fmt.name
     if path.stat().st_size == 0:
         raise file_error(path, "empty file (0 bytes), expected a scan")
     try:
         with open(path, "rb") as fh:
-            head = fh.read(352)
+            head = fh.read(SNIFF_BYTES)
     except OSError as exc:
         raise file_error(path, f"cannot read ({exc.strerror or exc})") from exc
-    # DICOM first: its 128-byte preamble may legally hold a TIFF header (dual-format files).
-    if head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(_MAGIC_IMAGE):
-        return "png"
-    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":
-        return "nifti"
-    from medsynth.io.dicom import is_dicom_file
-
-    if is_dicom_file(path):
-        return "dicom"
+    fmt = format_by_magic(head) or format_by_probe(path)
+    if fmt is not None:
+        return fmt.name
     raise file_error(
         path,
         "not a recognised scan (expected DICOM, NIfTI .nii/.nii.gz, or PNG/TIFF/JPEG; "
@@ -102,19 +96,14 @@ def read_scan(path: str | os.PathLike[str], modality: str | None = None) -> Scan
         InputError: the path cannot be read as one scan; the message says why.
     """
     path = Path(path)
-    fmt = detect_format(path)
-    if fmt == "nifti":
-        return read_nifti(path, modality=modality)
-    if fmt == "png":
-        return read_png(path, modality=modality or "OT")
-    from medsynth.io.dicom import read_dicom
-
+    fmt = get_format(detect_format(path))
     try:
-        return read_dicom(path)
+        return fmt.read(path, modality)
     except InputError as exc:
         if not path.is_dir():
             raise
-        others = [p for p in _walk_files(path) if is_nifti_path(p) or is_image_path(p)]
+        # A folder that is no single series may be a folder of one-file scans: say so.
+        others = [p for p in walk_files(path) if _single_file(p)]
         if others:
             raise file_error(
                 path,
@@ -123,15 +112,6 @@ def read_scan(path: str | os.PathLike[str], modality: str | None = None) -> Scan
                 "for a folder of scans",
             ) from exc
         raise
-
-
-def _walk_files(root: Path) -> list[Path]:
-    """Files under ``root`` in sorted order, without hidden files/folders or atomic temporaries."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith((".", TMP_PREFIX)))
-    return found
 
 
 def read_scans(path: str | os.PathLike[str]) -> list[tuple[str, Scan | MedsynthError]]:
@@ -148,40 +128,38 @@ def read_scans(path: str | os.PathLike[str]) -> list[tuple[str, Scan | MedsynthE
     """
     path = Path(path)
     try:
-        _check_readable(path)
+        check_readable(path)
     except InputError as exc:
         return [(str(path), exc)]
     if path.is_file():
         return [(str(path), _try_read(path))]
-    from medsynth.io.dicom import is_dicom_file
-
     items: list[tuple[str, Scan | MedsynthError]] = []
-    dicom_seen = False
-    for file in _walk_files(path):
+    series_seen = False
+    for file in walk_files(path):
         if file.name.lower().endswith(COMPANION_SUFFIXES):
             continue
-        if is_nifti_path(file) or is_image_path(file):
+        if _single_file(file):
             items.append((str(file), _try_read(file)))
             continue
         try:
-            fmt = detect_format(file)
-            if fmt == "dicom" and not is_dicom_file(file):
-                # read_dicom_series passes over non-DICOM files; a .dcm that is not one is
-                # worth reporting rather than dropping.
+            fmt = get_format(detect_format(file))
+            if fmt.is_folder and fmt.probe is not None and not fmt.probe(file):
+                # The series reader passes over files that fail the probe; a .dcm that is
+                # not DICOM is worth reporting rather than dropping.
                 size = file.stat().st_size
-                raise file_error(file, "empty file (0 bytes)" if size == 0 else "not a DICOM file (no DICOM header)")
+                raise file_error(
+                    file, "empty file (0 bytes)" if size == 0 else f"not a {fmt.title} file (no {fmt.title} header)"
+                )
         except InputError as exc:
             items.append((str(file), exc))
             continue
-        if fmt == "dicom":
-            dicom_seen = True
+        if fmt.is_folder:
+            series_seen = True
         else:  # NIfTI or image recognised by content under an unusual name
             items.append((str(file), _try_read(file)))
-    if dicom_seen:
-        from medsynth.io.dicom import read_dicom_series
-
+    if series_seen and FOLDER_FORMAT.read_tree is not None:
         try:
-            items.extend(read_dicom_series(path))
+            items.extend(FOLDER_FORMAT.read_tree(path))
         except MedsynthError as exc:
             items.append((str(path), exc))
     if not items:
@@ -195,18 +173,6 @@ def _try_read(path: Path) -> Scan | MedsynthError:
         return read_scan(path)
     except MedsynthError as exc:
         return exc
-
-
-def _with_suffix(path: Path, suffixes: tuple[str, ...], fmt: str) -> Path:
-    """``path`` if it ends in one of ``suffixes``; ``path`` + ``suffixes[0]`` if it has none."""
-    if path.name.lower().endswith(suffixes):
-        return path
-    if path.suffix == "":
-        return path.with_name(path.name + suffixes[0])
-    raise InputError(
-        f"{path}: format {fmt!r} needs a name ending in {' or '.join(suffixes)} "
-        f"(or no suffix, and {suffixes[0]} is added); got {path.suffix!r}"
-    )
 
 
 def write_scan(
@@ -236,22 +202,11 @@ def write_scan(
         InputError: unknown format, a suffix that contradicts the format, a 3D scan as PNG,
             or a DICOM destination that is a file or a folder holding non-DICOM files.
     """
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if fmt == "dicom":
-        # write_dicom itself refuses a destination that is a file or a folder holding
-        # anything but an earlier series, because it replaces the whole folder.
-        from medsynth.io.dicom import write_dicom
-
-        write_dicom(
-            scan, path, case_id=case_id or path.name, synthetic=synthetic, uid_namespace=uid_namespace
-        )
-        return path
-    path = _with_suffix(path, NIFTI_SUFFIXES if fmt == "nifti" else (".png",), fmt)
-    if path.is_dir():
+    entry = get_format(fmt)
+    path = entry.destination(Path(path))
+    if not entry.is_folder and path.is_dir():
         raise InputError(f"{path}: is a folder; {fmt} output needs a file name")
-    return write_nifti(scan, path) if fmt == "nifti" else write_png(scan, path)
+    return entry.write(scan, path, case_id=case_id, synthetic=synthetic, uid_namespace=uid_namespace)
 
 
 def convert(
@@ -277,18 +232,16 @@ def convert(
     Returns:
         The path written and the scan.
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    dst = Path(dst)
-    if fmt != "dicom":
-        dst = _with_suffix(dst, NIFTI_SUFFIXES if fmt == "nifti" else (".png",), fmt)
+    entry = get_format(fmt)
+    dst = entry.destination(Path(dst))
     if dst.exists() and not overwrite:
         raise InputError(f"{dst}: already exists; choose another destination or pass --overwrite")
     scan = read_scan(src)
-    if fmt == "png" and scan.spatial_dims != 2:
+    if not entry.holds_3d and scan.spatial_dims != 2:
+        volume_formats = " or ".join(name for name in FORMATS if get_format(name).holds_3d)
         raise InputError(
-            f"{src}: is a 3D scan with shape {scan.shape}; PNG holds 2D images only: "
-            "convert to nifti or dicom"
+            f"{src}: is a 3D scan with shape {scan.shape}; {entry.title} holds 2D images only: "
+            f"convert to {volume_formats}"
         )
     # A converted scan came from a real file: it must not be labelled synthetic.
     return write_scan(scan, dst, fmt, case_id=case_id, synthetic=False), scan
@@ -316,54 +269,7 @@ def peek_spatial_dims(path: str | os.PathLike[str]) -> int:
     DICOMDIR indexes and other files without Rows (no image) are passed over.
     """
     path = Path(path)
-    fmt = detect_format(path)
-    if fmt == "png":
-        return 2
-    if fmt == "nifti":
-        import nibabel as nib
-
-        from medsynth.io.nifti import _spatial_data, load_image
-
-        try:
-            with nib.imageglobals.LoggingOutputSuppressor():
-                shape = load_image(path).shape
-        except Exception as exc:  # malformed headers raise many types; see read_nifti
-            raise file_error(path, f"not a readable NIfTI file ({exc})") from exc
-        return len(_spatial_data(shape, path))
-    from medsynth.io.dicom import is_dicom_file
-
-    candidates = [path] if path.is_file() else (f for f in _walk_files(path) if is_dicom_file(f))
-    positioned = 0
-    for file in candidates:
-        header = _dicom_header(file)
-        if "Rows" not in header:
-            continue
-        try:
-            frames = int(header.get("NumberOfFrames", 1) or 1)
-        except (TypeError, ValueError) as exc:
-            raise file_error(file, f"NumberOfFrames {header.NumberOfFrames!r} is not a number") from exc
-        if frames > 1:
-            return 3
-        if "ImagePositionPatient" not in header:
-            return 2
-        positioned += 1
-        if positioned == 2:
-            return 3
-    if positioned == 0:
-        raise file_error(path, "holds no DICOM image")
-    return 2
-
-
-def _dicom_header(path: Path):
-    import pydicom
-
-    try:
-        return pydicom.dcmread(
-            path, stop_before_pixels=True, force=True,
-            specific_tags=["Rows", "NumberOfFrames", "ImagePositionPatient"],
-        )
-    except Exception as exc:  # pydicom raises many types for malformed headers
-        raise file_error(path, f"not a readable DICOM header ({exc})") from exc
+    return get_format(detect_format(path)).peek_spatial_dims(path)
 
 
 __all__ = [

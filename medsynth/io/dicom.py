@@ -49,7 +49,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import format_number_as_ds
 
-from medsynth.errors import InputError, MedsynthError
+from medsynth.errors import InputError, MedsynthError, file_error
 from medsynth.io.dicom_geometry import (
     DEFAULT_COL_COS,
     DEFAULT_ROW_COS,
@@ -62,6 +62,7 @@ from medsynth.io.dicom_geometry import (
     sort_slices,
     volume_affine,
 )
+from medsynth.io.files import walk_files
 from medsynth.io.scan import Scan
 
 __all__ = ["is_dicom_file", "read_dicom", "read_dicom_series", "write_dicom"]
@@ -117,6 +118,46 @@ def is_dicom_file(path: str | Path) -> bool:
         return any(k in ds for k in ("SOPClassUID", "Modality", "Rows"))
     except Exception:  # any parse failure means "not DICOM" for this yes/no question
         return False
+
+
+def peek_dicom_dims(path: Path) -> int:
+    """2 or 3, from headers only (no pixel data), following what ``read_dicom`` does.
+
+    A multi-frame image is 3D, an image without ImagePositionPatient (radiograph, secondary
+    capture) is 2D, and a folder with two or more positioned images is a 3D series.
+    DICOMDIR indexes and other files without Rows (no image) are passed over.
+    """
+    candidates = [path] if path.is_file() else (f for f in walk_files(path) if is_dicom_file(f))
+    positioned = 0
+    for file in candidates:
+        header = _peek_header(file)
+        if "Rows" not in header:
+            continue
+        try:
+            frames = int(header.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError) as exc:
+            raise file_error(file, f"NumberOfFrames {header.NumberOfFrames!r} is not a number") from exc
+        if frames > 1:
+            return 3
+        if "ImagePositionPatient" not in header:
+            return 2
+        positioned += 1
+        if positioned == 2:
+            return 3
+    if positioned == 0:
+        raise file_error(path, "holds no DICOM image")
+    return 2
+
+
+def _peek_header(path: Path) -> Dataset:
+    """The three attributes ``peek_dicom_dims`` needs, read leniently (``force``)."""
+    try:
+        return pydicom.dcmread(
+            path, stop_before_pixels=True, force=True,
+            specific_tags=["Rows", "NumberOfFrames", "ImagePositionPatient"],
+        )
+    except Exception as exc:  # pydicom raises many types for malformed headers
+        raise file_error(path, f"not a readable DICOM header ({exc})") from exc
 
 
 @dataclass

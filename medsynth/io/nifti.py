@@ -145,6 +145,19 @@ def read_nifti(path: str | os.PathLike[str], modality: str | None = None) -> Sca
         raise file_error(path, f"unusable geometry in the header: {exc}") from exc
 
 
+def peek_nifti_dims(path: str | os.PathLike[str]) -> int:
+    """2 or 3, from the header's shape alone (no voxel data), as ``read_nifti`` would read it."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        with nib.imageglobals.LoggingOutputSuppressor():
+            shape = load_image(path).shape
+    except Exception as exc:  # malformed headers raise many types; see read_nifti
+        raise file_error(path, f"not a readable NIfTI file ({exc})") from exc
+    return len(_spatial_data(shape, path))
+
+
 def _with_slice_normal(affine: np.ndarray) -> np.ndarray:
     """For a 2D image whose header gives no through-plane step, use the in-plane normal x 1 mm.
 
