@@ -26,6 +26,7 @@ _ABORT = (click.exceptions.Abort, typer.Abort)
 
 from medsynth import __version__
 from medsynth.errors import MedsynthError
+from medsynth.io.formats import FORMATS, choices_text
 
 app = typer.Typer(
     name="medsynth",
@@ -145,6 +146,14 @@ def _evaluate_utility(
 
 
 # --- io (medsynth.io): inspect and convert scans -------------------------------------------
+# Help texts name the formats of the registry, so that a new format shows up in them.
+_FORMAT_CHOICES = choices_text()
+_DESTINATION_HELP = (
+    f"Output file ({', '.join(n for n, f in FORMATS.items() if not f.is_folder)}) "
+    f"or folder ({', '.join(n for n, f in FORMATS.items() if f.is_folder)})."
+)
+
+
 @app.command("inspect")
 def _inspect(
     paths: list[str] = typer.Argument(..., help="Scan files, DICOM folders or trees of scans."),
@@ -185,8 +194,8 @@ def _inspect(
 @app.command("convert")
 def _convert(
     src: str = typer.Argument(..., help="A scan file or a DICOM series folder."),
-    dst: str = typer.Argument(..., help="Output file (nifti, png) or folder (dicom)."),
-    fmt: str = typer.Option(..., "--format", help="Output format: nifti, dicom or png (png: 2D only)."),
+    dst: str = typer.Argument(..., help=_DESTINATION_HELP),
+    fmt: str = typer.Option(..., "--format", help=f"Output format: {_FORMAT_CHOICES}."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing destination."),
 ) -> None:
     """Convert one scan between DICOM, NIfTI and PNG; nothing is written when it fails."""
@@ -328,7 +337,7 @@ def _phantoms(
     out: str = typer.Argument(..., help="Output folder: scans named case-NNNNN plus labels.csv."),
     dim: int = typer.Option(2, "--dim", help="2 (axial slices) or 3 (volumes)."),
     count: int = typer.Option(..., "--count", help="Number of scans, balanced over pathology x modality."),
-    fmt: str = typer.Option("nifti", "--format", help="nifti, dicom or png (png: 2D only)."),
+    fmt: str = typer.Option("nifti", "--format", help=f"{_FORMAT_CHOICES}."),
     seed: int = typer.Option(0, "--seed", help="Dataset seed; a different seed gives different subjects."),
     size: int = typer.Option(64, "--size", help="Voxels per axis, 32..256 (field of view 350 mm)."),
 ) -> None:
