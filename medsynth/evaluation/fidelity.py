@@ -29,8 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsynth.conditions import GROUP_SEPARATOR
 from medsynth.errors import InputError
 from medsynth.evaluation import metrics as M
+from medsynth.evaluation import plots
+from medsynth.evaluation.classifier import ClassifierConfig, ImageClassifier, prepare
 from medsynth.evaluation.sources import LabelledScans
 from medsynth.io.atomic import atomic_write_text
 from medsynth.seeding import numpy_rng
@@ -123,23 +126,103 @@ def unit_images(data: LabelledScans, in_size: int, windows: dict[str, tuple[floa
     return torch.stack(out)
 
 
-def _train_encoder(real: LabelledScans, classes: list[str], cfg: FidelityConfig):  # noqa: ANN202
-    from medsynth.evaluation.classifier import ClassifierConfig, ImageClassifier, prepare
+@dataclass
+class _Parts:
+    """The real set's three parts, and the scans of the classes that can be compared."""
 
-    clf = ImageClassifier(
-        classes,
-        ClassifierConfig(
-            spatial_dims=real.spatial_dims,
-            in_size=cfg.in_size,
-            channels=tuple(cfg.encoder_channels),
-            steps=cfg.encoder_steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            balanced=True,
-            seed=cfg.seed,
-        ),
-    )
-    return clf.fit(prepare(real.scans, cfg.in_size), real.labels)
+    encoder: LabelledScans  # trains the encoder; no figure is computed on it
+    real_a: LabelledScans
+    real_b: LabelledScans
+    compared: list[str]
+    excluded: dict[str, str]  # synthetic class -> why it is left out
+    synthetic: LabelledScans  # the synthetic scans of the compared classes
+    held_out: LabelledScans  # A + B, the compared classes only
+
+
+def _check_inputs(real: LabelledScans, synthetic: LabelledScans, cfg: FidelityConfig) -> None:
+    if real.spatial_dims != synthetic.spatial_dims:
+        raise InputError(
+            f"--real scans are {real.spatial_dims}D but --synthetic scans are {synthetic.spatial_dims}D; "
+            "compare sets of the same dimensionality"
+        )
+    if len(real.classes) < 2:
+        raise InputError(
+            f"--real holds one class ({real.classes[0]}); the feature encoder learns to tell classes apart "
+            "and needs at least two pathology/modality classes"
+        )
+    if not 0.0 < cfg.encoder_fraction < 1.0:
+        raise InputError(f"encoder_fraction {cfg.encoder_fraction}: expected a value strictly between 0 and 1")
+
+
+def _split_parts(real: LabelledScans, synthetic: LabelledScans, cfg: FidelityConfig) -> _Parts:
+    """Split the real set into encoder/A/B and keep the synthetic classes that all three parts hold."""
+    half = (1.0 - cfg.encoder_fraction) / 2
+    enc_idx, a_idx, b_idx = stratified_split(real, [cfg.encoder_fraction, half, half], cfg.seed)
+    enc, real_a, real_b = real.subset(enc_idx), real.subset(a_idx), real.subset(b_idx)
+
+    excluded: dict[str, str] = {}
+    compared = []
+    for c in synthetic.classes:
+        if c not in real.class_counts():
+            excluded[c] = "not in the real set"
+        elif c not in real_a.class_counts() or c not in real_b.class_counts() or c not in enc.class_counts():
+            excluded[c] = f"only {real.class_counts()[c]} real scans: too few to split into encoder/A/B"
+        else:
+            compared.append(c)
+    if not compared:
+        raise InputError(
+            f"no class of the synthetic set ({', '.join(synthetic.classes)}) can be compared with the real set "
+            f"({', '.join(real.classes)}): {excluded}"
+        )
+
+    def in_compared(s: LabelledScans) -> LabelledScans:
+        return s.subset([i for i, lab in enumerate(s.labels) if lab in compared])
+
+    return _Parts(enc, real_a, real_b, compared, excluded, in_compared(synthetic), in_compared(real_a.concat(real_b)))
+
+
+def _of_class(data: LabelledScans, c: str) -> list[int]:
+    """Indices of ``data``'s scans of class ``c``, in order."""
+    return [i for i, lab in enumerate(data.labels) if lab == c]
+
+
+@dataclass
+class _FeatureSpace:
+    """The encoder trained on the encoder part, and its features z-scored with that part's statistics.
+
+    One fixed affine map for every set, so KID's kernel (x.y/D + 1)^3 and the k-NN radii see
+    unit-scale features whatever the network's activation scale.
+    """
+
+    encoder: ImageClassifier
+    mean: np.ndarray
+    std: np.ndarray
+    in_size: int
+
+    @classmethod
+    def fit(cls, enc: LabelledScans, classes: list[str], cfg: FidelityConfig) -> _FeatureSpace:
+        clf = ImageClassifier(
+            classes,
+            ClassifierConfig(
+                spatial_dims=enc.spatial_dims,
+                in_size=cfg.in_size,
+                channels=tuple(cfg.encoder_channels),
+                steps=cfg.encoder_steps,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                balanced=True,
+                seed=cfg.seed,
+            ),
+        )
+        encoder = clf.fit(prepare(enc.scans, cfg.in_size), enc.labels)
+        enc_feats = encoder.features(prepare(enc.scans, cfg.in_size))
+        return cls(encoder, enc_feats.mean(0), enc_feats.std(0) + 1e-6, cfg.in_size)
+
+    def features(self, data: LabelledScans) -> np.ndarray:
+        return (self.encoder.features(prepare(data.scans, self.in_size)) - self.mean) / self.std
+
+    def predict(self, data: LabelledScans) -> list[str]:
+        return self.encoder.predict(prepare(data.scans, self.in_size))
 
 
 def _matched_indices(
@@ -156,6 +239,24 @@ def _matched_indices(
             idx.extend(int(i) for i in numpy_rng("match", seed, k, c).choice(members, counts[c], replace=False))
         picks.append(sorted(idx))
     return picks, counts
+
+
+@dataclass
+class _Matched:
+    """Class-matched sets for the two-set figures, keyed ``ref`` (from B), ``real`` (from A), ``syn``.
+
+    B is the reference; A (the real baseline) and the synthetic set are compared with it.
+    """
+
+    sets: dict[str, LabelledScans]
+    features: dict[str, np.ndarray]
+    counts: dict[str, int]  # class -> scans per set
+
+
+def _match(parts: _Parts, space: _FeatureSpace, seed: int) -> _Matched:
+    (bi, ai, si), counts = _matched_indices([parts.real_b, parts.real_a, parts.synthetic], parts.compared, seed)
+    sets = {"ref": parts.real_b.subset(bi), "real": parts.real_a.subset(ai), "syn": parts.synthetic.subset(si)}
+    return _Matched(sets, {k: space.features(s) for k, s in sets.items()}, counts)
 
 
 def _two_set_figures(ref: np.ndarray, other: np.ndarray, ref_img: torch.Tensor, other_img: torch.Tensor,
@@ -177,16 +278,112 @@ def _two_set_figures(ref: np.ndarray, other: np.ndarray, ref_img: torch.Tensor, 
     return out
 
 
+def _overall_figures(
+    matched: _Matched, windows: dict[str, tuple[float, float]], cfg: FidelityConfig
+) -> dict[str, dict[str, float | None]]:
+    """The two-set figures of the synthetic set and of the real baseline, over all compared classes."""
+    f = matched.features
+    imgs = {k: unit_images(s, cfg.in_size, windows) for k, s in matched.sets.items()}
+    return {
+        "synthetic": _two_set_figures(f["ref"], f["syn"], imgs["ref"], imgs["syn"], cfg),
+        "real_baseline": _two_set_figures(f["ref"], f["real"], imgs["ref"], imgs["real"], cfg),
+    }
+
+
+@dataclass
+class _Judged:
+    """A set judged on its own (one-set figures): its scans, the encoder's labels, its [0, 1] images."""
+
+    data: LabelledScans
+    predicted: list[str]
+    images: torch.Tensor
+
+    @classmethod
+    def of(
+        cls, data: LabelledScans, space: _FeatureSpace, windows: dict[str, tuple[float, float]], in_size: int
+    ) -> _Judged:
+        return cls(data, space.predict(data), unit_images(data, in_size, windows))
+
+
 def _accuracy(pred: list[str], truth: list[str]) -> dict[str, float | None]:
     if not truth:
         return {"joint": None, "pathology": None, "modality": None}
-    split = lambda s: s.rsplit("/", 1)  # noqa: E731 - local one-liner
-    pairs = [(split(p), split(t)) for p, t in zip(pred, truth)]
+    pairs = [(p.rsplit(GROUP_SEPARATOR, 1), t.rsplit(GROUP_SEPARATOR, 1)) for p, t in zip(pred, truth, strict=True)]
     return {
         "joint": float(np.mean([p == t for p, t in pairs])),
         "pathology": float(np.mean([p[0] == t[0] for p, t in pairs])),
         "modality": float(np.mean([p[1] == t[1] for p, t in pairs])),
     }
+
+
+def _class_figures(c: str, judged: dict[str, _Judged], matched: _Matched, cfg: FidelityConfig) -> dict:
+    """The figures of class ``c``: accuracy and diversity per set, and two-set figures if enough scans match."""
+    idx = {key: _of_class(j.data, c) for key, j in judged.items()}
+    entry: dict = {
+        "n_synthetic": len(idx["synthetic"]),
+        "n_real_held_out": len(idx["real_baseline"]),
+        "n_matched": matched.counts[c],
+        "conditional_accuracy": {
+            key: _accuracy([j.predicted[i] for i in idx[key]], [c] * len(idx[key]))["joint"]
+            for key, j in judged.items()
+        },
+        "diversity_ms_ssim": {
+            key: M.mean_pairwise_ms_ssim(j.images[idx[key]], max_pairs=cfg.max_pairs, seed=cfg.seed)
+            if len(idx[key]) >= 2 else None
+            for key, j in judged.items()
+        },
+    }
+    if matched.counts[c] > max(cfg.k, 3):
+        f, s = matched.features, matched.sets
+        ref_c = f["ref"][_of_class(s["ref"], c)]
+        for key, name in (("synthetic", "syn"), ("real_baseline", "real")):
+            feats_c = f[name][_of_class(s[name], c)]
+            p, r = M.precision_recall(ref_c, feats_c, k=cfg.k)
+            k_mean, _ = M.kernel_inception_distance(
+                ref_c, feats_c, subset_size=cfg.kid_subset_size, n_subsets=cfg.kid_subsets, seed=cfg.seed
+            )
+            entry.setdefault("precision", {})[key] = p
+            entry.setdefault("recall", {})[key] = r
+            entry.setdefault("kid", {})[key] = k_mean
+    return entry
+
+
+def _summary_figures(
+    overall: dict[str, dict[str, float | None]], judged: dict[str, _Judged], per_class: dict[str, dict]
+) -> dict[str, dict[str, float | None]]:
+    """The ``metrics`` of the report: each figure's synthetic value beside its real baseline."""
+    figures = {
+        name: {k: overall[k][name] for k in overall} for name in ("fid", "kid", "mmd", "precision", "recall")
+    }
+    figures["kid_std"] = {k: overall[k]["kid_std"] for k in overall}
+    accuracy = {key: _accuracy(j.predicted, j.data.labels) for key, j in judged.items()}
+    for part, name in (("joint", "conditional_accuracy"), ("pathology", "pathology_accuracy"),
+                       ("modality", "modality_accuracy")):
+        figures[name] = {key: acc[part] for key, acc in accuracy.items()}
+    # Diversity over classes: the mean of the per-class values (classes with under 2 scans have none).
+    diversity = {
+        key: [e["diversity_ms_ssim"][key] for e in per_class.values() if e["diversity_ms_ssim"][key] is not None]
+        for key in judged
+    }
+    figures["diversity_ms_ssim"] = {k: float(np.mean(v)) if v else None for k, v in diversity.items()}
+    return figures
+
+
+def _plots(compared: list[str], judged: dict[str, _Judged], figures: dict, out: Path) -> list[str]:
+    """samples.png (up to 6 real and 6 synthetic scans per class) and metrics.png; their file names."""
+    real, syn = judged["real_baseline"], judged["synthetic"]
+    grid_rows = {
+        c: ([real.images[i].numpy() for i in _of_class(real.data, c)[:6]],
+            [syn.images[i].numpy() for i in _of_class(syn.data, c)[:6]])
+        for c in compared
+    }
+    return [
+        plots.sample_grid(grid_rows, out / "samples.png").name,
+        plots.metric_bars(
+            {k: v for k, v in figures.items() if k != "kid_std"}, out / "metrics.png",
+            title="fidelity: synthetic vs real-vs-real baseline",
+        ).name,
+    ]
 
 
 def evaluate_fidelity(
@@ -213,136 +410,21 @@ def evaluate_fidelity(
         >>> report["metrics"]["fid"]  # doctest: +SKIP
         {'synthetic': 3.1, 'real_baseline': 1.2}
     """
-    from medsynth.evaluation import plots
-    from medsynth.evaluation.classifier import prepare
-
     cfg = config or FidelityConfig()
     out = Path(out_dir)
-    if real.spatial_dims != synthetic.spatial_dims:
-        raise InputError(
-            f"--real scans are {real.spatial_dims}D but --synthetic scans are {synthetic.spatial_dims}D; "
-            "compare sets of the same dimensionality"
-        )
-    if len(real.classes) < 2:
-        raise InputError(
-            f"--real holds one class ({real.classes[0]}); the feature encoder learns to tell classes apart "
-            "and needs at least two pathology/modality classes"
-        )
-    if not 0.0 < cfg.encoder_fraction < 1.0:
-        raise InputError(f"encoder_fraction {cfg.encoder_fraction}: expected a value strictly between 0 and 1")
-
-    half = (1.0 - cfg.encoder_fraction) / 2
-    enc_idx, a_idx, b_idx = stratified_split(real, [cfg.encoder_fraction, half, half], cfg.seed)
-    enc, real_a, real_b = real.subset(enc_idx), real.subset(a_idx), real.subset(b_idx)
-
-    excluded: dict[str, str] = {}
-    compared = []
-    for c in synthetic.classes:
-        if c not in real.class_counts():
-            excluded[c] = "not in the real set"
-        elif c not in real_a.class_counts() or c not in real_b.class_counts() or c not in enc.class_counts():
-            excluded[c] = f"only {real.class_counts()[c]} real scans: too few to split into encoder/A/B"
-        else:
-            compared.append(c)
-    if not compared:
-        raise InputError(
-            f"no class of the synthetic set ({', '.join(synthetic.classes)}) can be compared with the real set "
-            f"({', '.join(real.classes)}): {excluded}"
-        )
-    in_compared = lambda s: [i for i, lab in enumerate(s.labels) if lab in compared]  # noqa: E731
-    synth = synthetic.subset(in_compared(synthetic))
-    held_out = real_a.concat(real_b)
-    held_out = held_out.subset(in_compared(held_out))
-
-    encoder = _train_encoder(enc, real.classes, cfg)
-    # One fixed affine map for every set: z-scores with the encoder part's feature statistics,
-    # so KID's kernel (x.y/D + 1)^3 and the k-NN radii see unit-scale features whatever the
-    # network's activation scale.
-    enc_feats = encoder.features(prepare(enc.scans, cfg.in_size))
-    mu, sd = enc_feats.mean(0), enc_feats.std(0) + 1e-6
-
-    def features(s: LabelledScans) -> np.ndarray:
-        return (encoder.features(prepare(s.scans, cfg.in_size)) - mu) / sd
-
-    # Class-matched sets for the two-set figures: B is the reference, A and the synthetic set are compared.
-    (bi, ai, si), matched = _matched_indices([real_b, real_a, synth], compared, cfg.seed)
-    ref, cmp_real, cmp_syn = real_b.subset(bi), real_a.subset(ai), synth.subset(si)
+    _check_inputs(real, synthetic, cfg)
+    parts = _split_parts(real, synthetic, cfg)
+    space = _FeatureSpace.fit(parts.encoder, real.classes, cfg)
     windows = intensity_windows(real, cfg.percentiles)
-    feats = {k: features(s) for k, s in
-             (("ref", ref), ("real", cmp_real), ("syn", cmp_syn))}
-    imgs = {k: unit_images(s, cfg.in_size, windows) for k, s in
-            (("ref", ref), ("real", cmp_real), ("syn", cmp_syn))}
-    overall = {
-        "synthetic": _two_set_figures(feats["ref"], feats["syn"], imgs["ref"], imgs["syn"], cfg),
-        "real_baseline": _two_set_figures(feats["ref"], feats["real"], imgs["ref"], imgs["real"], cfg),
+    matched = _match(parts, space, cfg.seed)
+    overall = _overall_figures(matched, windows, cfg)
+    judged = {
+        "synthetic": _Judged.of(parts.synthetic, space, windows, cfg.in_size),
+        "real_baseline": _Judged.of(parts.held_out, space, windows, cfg.in_size),
     }
-
-    syn_pred = encoder.predict(prepare(synth.scans, cfg.in_size))
-    real_pred = encoder.predict(prepare(held_out.scans, cfg.in_size))
-    syn_imgs = unit_images(synth, cfg.in_size, windows)
-    real_imgs = unit_images(held_out, cfg.in_size, windows)
-
-    per_class: dict[str, dict] = {}
-    diversity = {"synthetic": [], "real_baseline": []}
-    for c in compared:
-        s_i = [i for i, lab in enumerate(synth.labels) if lab == c]
-        r_i = [i for i, lab in enumerate(held_out.labels) if lab == c]
-        ref_c = [i for i, lab in enumerate(ref.labels) if lab == c]
-        cmp_c = [i for i, lab in enumerate(cmp_syn.labels) if lab == c]
-        real_c = [i for i, lab in enumerate(cmp_real.labels) if lab == c]
-        entry: dict = {
-            "n_synthetic": len(s_i),
-            "n_real_held_out": len(r_i),
-            "n_matched": matched[c],
-            "conditional_accuracy": {
-                "synthetic": _accuracy([syn_pred[i] for i in s_i], [c] * len(s_i))["joint"],
-                "real_baseline": _accuracy([real_pred[i] for i in r_i], [c] * len(r_i))["joint"],
-            },
-            "diversity_ms_ssim": {
-                "synthetic": M.mean_pairwise_ms_ssim(syn_imgs[s_i], max_pairs=cfg.max_pairs, seed=cfg.seed)
-                if len(s_i) >= 2 else None,
-                "real_baseline": M.mean_pairwise_ms_ssim(real_imgs[r_i], max_pairs=cfg.max_pairs, seed=cfg.seed)
-                if len(r_i) >= 2 else None,
-            },
-        }
-        if matched[c] > max(cfg.k, 3):
-            for key, feats_c in (("synthetic", feats["syn"][cmp_c]), ("real_baseline", feats["real"][real_c])):
-                p, r = M.precision_recall(feats["ref"][ref_c], feats_c, k=cfg.k)
-                k_mean, _ = M.kernel_inception_distance(
-                    feats["ref"][ref_c], feats_c, subset_size=cfg.kid_subset_size, n_subsets=cfg.kid_subsets,
-                    seed=cfg.seed,
-                )
-                entry.setdefault("precision", {})[key] = p
-                entry.setdefault("recall", {})[key] = r
-                entry.setdefault("kid", {})[key] = k_mean
-        for key in diversity:
-            if entry["diversity_ms_ssim"][key] is not None:
-                diversity[key].append(entry["diversity_ms_ssim"][key])
-        per_class[c] = entry
-
-    syn_acc = _accuracy(syn_pred, synth.labels)
-    real_acc = _accuracy(real_pred, held_out.labels)
-    figures = {
-        name: {k: overall[k][name] for k in overall} for name in ("fid", "kid", "mmd", "precision", "recall")
-    }
-    figures["kid_std"] = {k: overall[k]["kid_std"] for k in overall}
-    for part, name in (("joint", "conditional_accuracy"), ("pathology", "pathology_accuracy"),
-                       ("modality", "modality_accuracy")):
-        figures[name] = {"synthetic": syn_acc[part], "real_baseline": real_acc[part]}
-    figures["diversity_ms_ssim"] = {k: float(np.mean(v)) if v else None for k, v in diversity.items()}
-
-    grid_rows = {}
-    for c in compared:
-        s_i = [i for i, lab in enumerate(synth.labels) if lab == c][:6]
-        r_i = [i for i, lab in enumerate(held_out.labels) if lab == c][:6]
-        grid_rows[c] = ([real_imgs[i].numpy() for i in r_i], [syn_imgs[i].numpy() for i in s_i])
-    plot_files = [
-        plots.sample_grid(grid_rows, out / "samples.png").name,
-        plots.metric_bars(
-            {k: v for k, v in figures.items() if k != "kid_std"}, out / "metrics.png",
-            title="fidelity: synthetic vs real-vs-real baseline",
-        ).name,
-    ]
+    per_class = {c: _class_figures(c, judged, matched, cfg) for c in parts.compared}
+    figures = _summary_figures(overall, judged, per_class)
+    plot_files = _plots(parts.compared, judged, figures, out)
 
     report = {
         "kind": "medsynth-fidelity",
@@ -360,13 +442,13 @@ def evaluate_fidelity(
         "spatial_dims": real.spatial_dims,
         "sizes": {
             "real": len(real),
-            "encoder": len(enc),
-            "real_a": len(real_a),
-            "real_b": len(real_b),
+            "encoder": len(parts.encoder),
+            "real_a": len(parts.real_a),
+            "real_b": len(parts.real_b),
             "synthetic": len(synthetic),
-            "matched_per_set": int(sum(matched.values())),
+            "matched_per_set": int(sum(matched.counts.values())),
         },
-        "classes": {"compared": compared, "excluded": excluded},
+        "classes": {"compared": parts.compared, "excluded": parts.excluded},
         "intensity_windows": windows,
         "metrics": figures,
         "per_class": per_class,

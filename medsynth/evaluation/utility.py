@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from medsynth.errors import InputError
+from medsynth.evaluation import plots
+from medsynth.evaluation.classifier import ClassifierConfig, ImageClassifier, prepare
 from medsynth.evaluation.sources import LabelledScans
 from medsynth.io.atomic import atomic_write_text
 from medsynth.seeding import derive_seed, numpy_rng
@@ -144,8 +148,6 @@ def _fit_and_score(
     seed: int,
 ) -> dict:
     """Train one classifier for exactly ``steps`` steps of ``cfg.batch_size`` and score it."""
-    from medsynth.evaluation.classifier import ClassifierConfig, ImageClassifier
-
     clf = ImageClassifier(
         classes,
         ClassifierConfig(
@@ -170,6 +172,164 @@ def _fit_and_score(
         "balanced_accuracy": balanced_accuracy(y_test, pred, classes),
         "auroc": macro_auroc(y_test, proba, classes),
     }
+
+
+class _TrainingSet(NamedTuple):
+    """What one run trains on: inputs, labels, and how many of them are synthetic."""
+
+    x: torch.Tensor
+    y: list[str]
+    n_synthetic: int
+
+
+@dataclass
+class _Runs:
+    """Trains and scores one classifier per seed, every run with the same budget and real test set.
+
+    Seed s gives every arm the same initial weights and batch-order stream (common random
+    numbers), so per-seed differences between arms are paired and less noisy.
+    """
+
+    x_test: torch.Tensor
+    y_test: list[str]
+    classes: list[str]
+    cfg: UtilityConfig
+    steps: int
+    seeds: list[int]
+
+    def summary(self, training: _TrainingSet | Callable[[int], _TrainingSet]) -> dict:
+        """``summarise`` of one run per seed, on ``training`` or, when it is a function, on ``training(seed)``."""
+        runs = []
+        for s in self.seeds:
+            x, y, n_syn = training(s) if callable(training) else training
+            res = _fit_and_score(x, y, self.x_test, self.y_test, self.classes, self.cfg, self.steps,
+                                 derive_seed("utility", s))
+            runs.append({"n_train": len(y), "n_synthetic": n_syn, **res, "seed": s})
+        return summarise(runs, self.classes)
+
+
+@dataclass
+class _Pool:
+    """The real training scans and the synthetic scans as classifier inputs, with their labels."""
+
+    x_real: torch.Tensor
+    y_real: list[str]
+    x_syn: torch.Tensor
+    y_syn: list[str]
+
+    def real(self) -> _TrainingSet:
+        return _TrainingSet(self.x_real, self.y_real, 0)
+
+    def synthetic(self) -> _TrainingSet:
+        return _TrainingSet(self.x_syn, self.y_syn, len(self.y_syn))
+
+    def mixed(self, pick: np.ndarray | None = None) -> _TrainingSet:
+        """The real scans plus the synthetic scans at ``pick`` (every one when ``None``)."""
+        if pick is None:
+            return _TrainingSet(torch.cat([self.x_real, self.x_syn]), self.y_real + self.y_syn, len(self.y_syn))
+        x = torch.cat([self.x_real, self.x_syn[torch.from_numpy(pick)]])
+        return _TrainingSet(x, self.y_real + [self.y_syn[i] for i in pick], len(pick))
+
+
+def _check_inputs(
+    train: LabelledScans,
+    test: LabelledScans,
+    synthetic: LabelledScans,
+    cfg: UtilityConfig,
+    ratios: list[float],
+    arms: tuple[str, ...],
+) -> list[str]:
+    """The classes (the real training set's pathologies), once the request is known to be valid."""
+    unknown_arms = sorted(set(arms) - set(ARMS))
+    if unknown_arms:
+        raise InputError(f"arms {unknown_arms}: unknown; expected some of {list(ARMS)}")
+    dims = {train.spatial_dims, test.spatial_dims, synthetic.spatial_dims}
+    if len(dims) > 1:
+        raise InputError("--train, --test and --synthetic mix 2D and 3D scans; use one dimensionality")
+    classes = sorted(set(train.pathologies))
+    for role, s in (("--test", test), ("--synthetic", synthetic)):
+        extra = sorted(set(s.pathologies) - set(classes))
+        if extra:
+            raise InputError(
+                f"{role} has pathologies {extra} that the real training set lacks (it has {classes}); "
+                "the classifier can only learn classes with real training scans"
+            )
+    shared = {v for v in train.subjects if v} & {v for v in test.subjects if v}
+    if shared:
+        raise InputError(
+            f"--train and --test share {len(shared)} subject(s) (CSV column 'subject'); a test set must be "
+            "subject-disjoint from training, or the scores are optimistic: split by subject"
+        )
+    if len(set(test.pathologies)) < 2:
+        raise InputError(f"--test holds only {sorted(set(test.pathologies))}: need at least two pathologies")
+    if cfg.seeds < 1:
+        raise InputError(f"seeds {cfg.seeds}: expected at least 1")
+    for r in ratios:
+        need = round(r * len(train))
+        if r <= 0 or need > len(synthetic):
+            raise InputError(
+                f"ratio {r}: needs {need} synthetic scans ({r} x {len(train)} real) but --synthetic has "
+                f"{len(synthetic)}; use ratios in (0, {len(synthetic) / len(train):.3g}] or generate more"
+            )
+    return classes
+
+
+def _train_arms(runs: _Runs, pool: _Pool, arms: tuple[str, ...]) -> dict[str, dict]:
+    """The summary of each requested arm, in ``ARMS`` order."""
+    training = {"real": pool.real, "real+synthetic": pool.mixed, "synthetic": pool.synthetic}
+    report_arms = {arm: runs.summary(training[arm]()) for arm in ARMS if arm in arms}
+    if "synthetic" in report_arms:
+        missing = sorted(set(runs.y_test) - set(pool.y_syn))
+        if missing:
+            report_arms["synthetic"]["note"] = f"synthetic set has no {missing}: their recall can only be 0"
+    return report_arms
+
+
+def _ratio_sweep(runs: _Runs, pool: _Pool, ratios: list[float]) -> dict[str, dict]:
+    """Per ratio, the real+synthetic arm with ``round(ratio * n_real)`` synthetic scans drawn anew per seed."""
+    sweep: dict[str, dict] = {}
+    for r in ratios:
+        n = round(r * len(pool.y_real))
+
+        def training(s: int, r: float = r, n: int = n) -> _TrainingSet:
+            return pool.mixed(np.sort(numpy_rng("utility-ratio", r, s).choice(len(pool.y_syn), n, replace=False)))
+
+        sweep[f"{r:g}"] = runs.summary(training)
+    return sweep
+
+
+def _arms_plot(report_arms: dict[str, dict], out: Path) -> list[str]:
+    """utility_arms.png: each arm's scores with their intervals (no file without arms)."""
+    if not report_arms:
+        return []
+    bars = {
+        arm: {
+            "balanced acc.": (a["balanced_accuracy"], *a["ci95"]["balanced_accuracy"]),
+            "macro AUROC": (a["auroc"], *a["ci95"]["auroc"]),
+            **{f"recall {c}": (a["per_class_recall"][c], *a["ci95"]["per_class_recall"][c])
+               for c in a["per_class_recall"]},
+        }
+        for arm, a in report_arms.items()
+    }
+    return [plots.arm_bars(bars, out / "utility_arms.png").name]
+
+
+def _ratio_plot(sweep: dict[str, dict], report_arms: dict[str, dict], out: Path) -> list[str]:
+    """utility_ratio.png: the scores against the ratio, the real arm dashed (no file without a sweep)."""
+    if not sweep:
+        return []
+    xs = [float(k) for k in sweep]
+    curves = {"balanced accuracy": "balanced_accuracy", "macro AUROC": "auroc"}
+    lines = {
+        label: ([sweep[k][key] for k in sweep], [sweep[k]["ci95"][key][0] for k in sweep],
+                [sweep[k]["ci95"][key][1] for k in sweep])
+        for label, key in curves.items()
+    }
+    base = {label: report_arms["real"][key] for label, key in curves.items()} if "real" in report_arms else None
+    return [
+        plots.metric_curves(xs, lines, out / "utility_ratio.png", xlabel="synthetic : real ratio",
+                            baselines=base, title="real+synthetic against mixing ratio (dashed: real only)").name
+    ]
 
 
 def evaluate_utility(
@@ -202,111 +362,19 @@ def evaluate_utility(
         ...                      load_labelled("synthetic/"), "eval/", ratios=[0.5, 1])  # doctest: +SKIP
         >>> r["arms"]["real+synthetic"]["balanced_accuracy"]  # doctest: +SKIP
     """
-    from medsynth.evaluation import plots
-    from medsynth.evaluation.classifier import prepare
-
     cfg = config or UtilityConfig()
     out = Path(out_dir)
-    unknown_arms = sorted(set(arms) - set(ARMS))
-    if unknown_arms:
-        raise InputError(f"arms {unknown_arms}: unknown; expected some of {list(ARMS)}")
-    dims = {train.spatial_dims, test.spatial_dims, synthetic.spatial_dims}
-    if len(dims) > 1:
-        raise InputError("--train, --test and --synthetic mix 2D and 3D scans; use one dimensionality")
-    classes = sorted(set(train.pathologies))
-    for role, s in (("--test", test), ("--synthetic", synthetic)):
-        extra = sorted(set(s.pathologies) - set(classes))
-        if extra:
-            raise InputError(
-                f"{role} has pathologies {extra} that the real training set lacks (it has {classes}); "
-                "the classifier can only learn classes with real training scans"
-            )
-    shared = {v for v in train.subjects if v} & {v for v in test.subjects if v}
-    if shared:
-        raise InputError(
-            f"--train and --test share {len(shared)} subject(s) (CSV column 'subject'); a test set must be "
-            "subject-disjoint from training, or the scores are optimistic: split by subject"
-        )
-    if len(set(test.pathologies)) < 2:
-        raise InputError(f"--test holds only {sorted(set(test.pathologies))}: need at least two pathologies")
-    if cfg.seeds < 1:
-        raise InputError(f"seeds {cfg.seeds}: expected at least 1")
-    for r in ratios or []:
-        need = round(r * len(train))
-        if r <= 0 or need > len(synthetic):
-            raise InputError(
-                f"ratio {r}: needs {need} synthetic scans ({r} x {len(train)} real) but --synthetic has "
-                f"{len(synthetic)}; use ratios in (0, {len(synthetic) / len(train):.3g}] or generate more"
-            )
+    ratios = ratios or []
+    classes = _check_inputs(train, test, synthetic, cfg, ratios, arms)
 
     steps = cfg.budget(len(train))
-    x_train = prepare(train.scans, cfg.in_size)
-    x_syn = prepare(synthetic.scans, cfg.in_size)
-    x_test = prepare(test.scans, cfg.in_size)
+    pool = _Pool(prepare(train.scans, cfg.in_size), train.pathologies,
+                 prepare(synthetic.scans, cfg.in_size), synthetic.pathologies)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-
-    # Seed s gives every arm the same initial weights and batch-order stream (common random
-    # numbers), so per-seed differences between arms are paired and less noisy.
-    def run(x: torch.Tensor, y: list[str], n_syn: int) -> list[dict]:
-        runs = []
-        for s in seeds:
-            res = _fit_and_score(x, y, x_test, test.pathologies, classes, cfg, steps, derive_seed("utility", s))
-            runs.append({"n_train": len(y), "n_synthetic": n_syn, **res, "seed": s})
-        return runs
-
-    report_arms: dict[str, dict] = {}
-    if "real" in arms:
-        report_arms["real"] = summarise(run(x_train, train.pathologies, 0), classes)
-    if "real+synthetic" in arms:
-        x = torch.cat([x_train, x_syn])
-        report_arms["real+synthetic"] = summarise(
-            run(x, train.pathologies + synthetic.pathologies, len(synthetic)), classes
-        )
-    if "synthetic" in arms:
-        report_arms["synthetic"] = summarise(run(x_syn, synthetic.pathologies, len(synthetic)), classes)
-        missing = sorted(set(test.pathologies) - set(synthetic.pathologies))
-        if missing:
-            report_arms["synthetic"]["note"] = f"synthetic set has no {missing}: their recall can only be 0"
-
-    sweep: dict[str, dict] = {}
-    for r in ratios or []:
-        n = round(r * len(train))
-        runs = []
-        for s in seeds:
-            pick = np.sort(numpy_rng("utility-ratio", r, s).choice(len(synthetic), n, replace=False))
-            x = torch.cat([x_train, x_syn[torch.from_numpy(pick)]])
-            y = train.pathologies + [synthetic.pathologies[i] for i in pick]
-            res = _fit_and_score(x, y, x_test, test.pathologies, classes, cfg, steps, derive_seed("utility", s))
-            runs.append({"n_train": len(y), "n_synthetic": n, **res, "seed": s})
-        sweep[f"{r:g}"] = summarise(runs, classes)
-
-    plot_files = [
-        plots.arm_bars(
-            {
-                arm: {
-                    "balanced acc.": (a["balanced_accuracy"], *a["ci95"]["balanced_accuracy"]),
-                    "macro AUROC": (a["auroc"], *a["ci95"]["auroc"]),
-                    **{f"recall {c}": (a["per_class_recall"][c], *a["ci95"]["per_class_recall"][c])
-                       for c in a["per_class_recall"]},
-                }
-                for arm, a in report_arms.items()
-            },
-            out / "utility_arms.png",
-        ).name
-    ] if report_arms else []
-    if sweep:
-        xs = [float(k) for k in sweep]
-        curves = {"balanced accuracy": "balanced_accuracy", "macro AUROC": "auroc"}
-        lines = {
-            label: ([sweep[k][key] for k in sweep], [sweep[k]["ci95"][key][0] for k in sweep],
-                    [sweep[k]["ci95"][key][1] for k in sweep])
-            for label, key in curves.items()
-        }
-        base = {label: report_arms["real"][key] for label, key in curves.items()} if "real" in report_arms else None
-        plot_files.append(
-            plots.metric_curves(xs, lines, out / "utility_ratio.png", xlabel="synthetic : real ratio",
-                                baselines=base, title="real+synthetic against mixing ratio (dashed: real only)").name
-        )
+    runs = _Runs(prepare(test.scans, cfg.in_size), test.pathologies, classes, cfg, steps, seeds)
+    report_arms = _train_arms(runs, pool, arms)
+    sweep = _ratio_sweep(runs, pool, ratios)
+    plot_files = _arms_plot(report_arms, out) + _ratio_plot(sweep, report_arms, out)
 
     report = {
         "kind": "medsynth-utility",
