@@ -54,6 +54,7 @@ class Canvas:
         occ = occ.astype(F32, copy=False)
         if self.image is not None:
             v = self.value(tissue) if value is None else value
+            # a scalar enters as float32, so the blend is float32 arithmetic whatever its type
             self.image += occ * (v - self.image) if isinstance(v, np.ndarray) else occ * (F32(v) - self.image)
         if tissue == "lung":
             self.lung += occ * (1.0 - self.lung)

@@ -32,8 +32,9 @@ def test_phantom_dataset_writes_balanced_labelled_scans(tmp_path) -> None:
     for r in rows[:3]:
         scan = read_scan(tmp_path / "ds" / r["path"])
         i = int(r["path"].split("-")[1].split(".")[0])
-        ref = make_phantom(dim=2, pathologies=r["pathology"], modality=r["modality"],
-                           seed=derive_seed(3, "phantom-subject", i))
+        ref = make_phantom(
+            dim=2, pathologies=r["pathology"], modality=r["modality"], seed=derive_seed(3, "phantom-subject", i)
+        )
         np.testing.assert_allclose(scan.affine, ref.affine, atol=1e-5)
         np.testing.assert_allclose(scan.array, ref.array, atol=1e-3)
     assert not list((tmp_path / "ds").glob(".tmp-*"))
@@ -56,8 +57,11 @@ def test_phantom_dataset_class_counts_and_splits(tmp_path) -> None:
 
 
 def test_phantom_dataset_3d_dicom(tmp_path) -> None:
-    rows = _rows(phantom_dataset(tmp_path, dim=3, count=2, fmt="dicom", size=32, modalities=("MR",),
-                                 pathologies=("nodule|effusion",)))
+    rows = _rows(
+        phantom_dataset(
+            tmp_path, dim=3, count=2, fmt="dicom", size=32, modalities=("MR",), pathologies=("nodule|effusion",)
+        )
+    )
     assert [r["pathology"] for r in rows] == ["effusion|nodule"] * 2
     scan = read_scan(tmp_path / rows[0]["path"])
     assert scan.shape == (32, 32, 32) and scan.orientation == "SPL" and scan.modality == "MR"
@@ -65,8 +69,13 @@ def test_phantom_dataset_3d_dicom(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs,needle",
-    [({"count": 0}, "count=0"), ({"fmt": "jpeg"}, "jpeg"), ({"dim": 3, "fmt": "png"}, "2D"),
-     ({"size": 8}, "size=8"), ({"pathologies": ("normal", "flu")}, "flu")],
+    [
+        ({"count": 0}, "count=0"),
+        ({"fmt": "jpeg"}, "jpeg"),
+        ({"dim": 3, "fmt": "png"}, "2D"),
+        ({"size": 8}, "size=8"),
+        ({"pathologies": ("normal", "flu")}, "flu"),
+    ],
 )
 def test_phantom_dataset_rejects_bad_arguments(tmp_path, kwargs: dict, needle: str) -> None:
     args = {"dim": 2, "count": 4, **kwargs}

@@ -213,9 +213,7 @@ def test_effusion_is_a_dependent_fluid_layer() -> None:
 
 @pytest.mark.parametrize("pathology,min_pixels", [("nodule", 3), ("mass", 20), ("effusion", 20)])
 def test_every_2d_phantom_shows_its_lesion(pathology: str, min_pixels: int) -> None:
-    counts = [
-        int((phantom_labels(dim=2, pathologies=pathology, seed=s) == T[pathology]).sum()) for s in range(40)
-    ]
+    counts = [int((phantom_labels(dim=2, pathologies=pathology, seed=s) == T[pathology]).sum()) for s in range(40)]
     assert min(counts) >= min_pixels, counts
 
 
