@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from medsynth.errors import InputError
-from medsynth.io.atomic import atomic_path, atomic_write_text
+from medsynth.io.atomic import atomic_path
 from medsynth.training.distributed import DistContext, any_rank, barrier
 
 
@@ -399,7 +399,3 @@ def run_stage(spec: StageSpec, run: RunContext, *, resume: bool = True) -> dict[
             break
     bar.close()
     return summary if step > start else {"steps_done": step}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -25,13 +25,15 @@ from medsynth import __version__
 from medsynth.data.catalog import Catalog
 from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
+from medsynth.io.atomic import write_json
 from medsynth.models.artifact import save_model
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
+from medsynth.privacy import build_index_for_model
 from medsynth.training.autoencoder import build_stage1
 from medsynth.training.config import TrainConfig, load_config
 from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
 from medsynth.training.distributed import DistContext, barrier, class_keys, init_distributed, shutdown
-from medsynth.training.loop import RunContext, resolve_precision, run_stage, write_json
+from medsynth.training.loop import RunContext, resolve_precision, run_stage
 
 CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
 _PERCENTILE_SCANS = 32  # scans per modality sampled for the default intensity range
@@ -262,7 +264,8 @@ def train(
                 "n_train": len(train_cat), "n_val": len(val_cat), "n_test": len(test_cat),
             }
             out = save_model(model, cfg.output_dir, card=_card(cfg, model, info, command))
-            write_json(work / "summary.json", info)
+            # allow_nan: a diverged loss is recorded as NaN rather than refused.
+            write_json(work / "summary.json", info, allow_nan=True)
             log(f"model saved to {out}")
             _privacy_index(cfg, out, train_cat, test_cat if len(test_cat) else val_cat, log)
         barrier(ctx)
@@ -272,18 +275,12 @@ def train(
 
 
 def _privacy_index(cfg: TrainConfig, out: Path, train: Catalog, holdout: Catalog, log: Any) -> None:
-    """Build the model's privacy index with medsynth.privacy when that module provides it."""
+    """Build the model's privacy index (``MODEL_DIR/privacy``) from its training and holdout scans."""
     if not cfg.build_privacy_index:
         log("privacy index: skipped (build_privacy_index: false)")
-        return
-    import medsynth.privacy as privacy
-
-    build = getattr(privacy, "build_index_for_model", None)
-    if build is None:
-        log("privacy index: NOT built: medsynth.privacy.build_index_for_model is not available")
         return
     if not len(holdout):
         log("privacy index: NOT built: no holdout scans (set data.test_fraction or val_fraction > 0)")
         return
-    build(out, train, holdout)
+    build_index_for_model(out, train, holdout)
     log(f"privacy index written to {out / 'privacy'}")
