@@ -40,7 +40,17 @@ FORMATS: tuple[str, ...] = format_names()
 # Files that sit beside scans in datasets and medsynth output folders (labels, manifests,
 # reports, notes). ``read_scans`` passes over them instead of reporting each as a bad scan.
 COMPANION_SUFFIXES = (
-    ".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".html", ".log", ".pdf",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".jsonl",
+    ".yaml",
+    ".yml",
+    ".md",
+    ".txt",
+    ".html",
+    ".log",
+    ".pdf",
 )
 
 
@@ -279,11 +289,11 @@ __all__ = [
     "describe_scan",
     "detect_format",
     "peek_spatial_dims",
+    "read_nifti",
+    "read_png",
     "read_scan",
     "read_scans",
-    "write_scan",
-    "read_nifti",
     "write_nifti",
-    "read_png",
     "write_png",
+    "write_scan",
 ]

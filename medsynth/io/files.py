@@ -24,7 +24,7 @@ def check_readable(path: Path) -> None:
 
 def walk_files(root: Path) -> list[Path]:
     """Files under ``root`` in sorted order, without hidden files/folders or atomic temporaries."""
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith((".", TMP_PREFIX)))

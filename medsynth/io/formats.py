@@ -44,9 +44,7 @@ class Reader(Protocol):
 
 
 class Writer(Protocol):
-    def __call__(
-        self, scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str
-    ) -> Path: ...
+    def __call__(self, scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -300,10 +298,10 @@ def choices_text() -> str:
 __all__ = [
     "FOLDER_FORMAT",
     "FORMATS",
-    "Format",
     "PREFERENCE",
     "SNIFF_BYTES",
     "SNIFF_ORDER",
+    "Format",
     "choices_text",
     "format_by_magic",
     "format_by_name",

@@ -209,10 +209,7 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
     data = scan.array[0]
     if scan.spatial_dims == 2:
         data = data[:, :, None]
-    if scan.modality == "CT" and _fits_int16(data):
-        data = data.astype(np.int16)
-    else:
-        data = data.astype(np.float32)
+    data = data.astype(np.int16) if scan.modality == "CT" and _fits_int16(data) else data.astype(np.float32)
     img = nib.Nifti1Image(data, scan.affine)
     img.set_sform(scan.affine, code=1)
     img.set_qform(scan.affine, code=1)
@@ -227,8 +224,4 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
 def _fits_int16(data: np.ndarray) -> bool:
     if data.size == 0 or not np.all(np.isfinite(data)):
         return False
-    return (
-        float(data.min()) >= _INT16.min
-        and float(data.max()) <= _INT16.max
-        and bool(np.all(data == np.round(data)))
-    )
+    return float(data.min()) >= _INT16.min and float(data.max()) <= _INT16.max and bool(np.all(data == np.round(data)))

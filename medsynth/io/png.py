@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -35,9 +36,7 @@ IMAGE_SUFFIXES = PNG_SUFFIXES + TIFF_SUFFIXES + JPEG_SUFFIXES
 DEFAULT_CT_WINDOW = (40.0, 400.0)
 
 # rows go posterior, columns go to the patient's left, normal superior; 1 mm everywhere.
-DISPLAY_AFFINE = np.array(
-    [[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-)
+DISPLAY_AFFINE = np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -153,7 +152,7 @@ def _tifffile_gray(path: Path) -> np.ndarray:
                 f"TIFF has {len(tif.pages)} pages; medsynth reads single 2D images from TIFF: "
                 "save a 3D stack as NIfTI or DICOM",
             )
-        page = tif.pages[0]
+        page = cast("tifffile.TiffPage", tif.pages[0])  # the first page is never a TiffFrame
         photometric = tifffile.PHOTOMETRIC(page.photometric)
         if photometric not in supported:
             # e.g. YCbCr or CMYK: Pillow converts those to RGB (the caller falls back to it)
@@ -162,7 +161,9 @@ def _tifffile_gray(path: Path) -> np.ndarray:
         if arr.ndim == 3 and page.axes.startswith("S"):
             arr = np.moveaxis(arr, 0, -1)  # planar configuration: samples first
         if photometric == tifffile.PHOTOMETRIC.PALETTE:
-            arr = np.moveaxis(page.colormap[:, arr], 0, -1)  # indices -> RGB
+            # A palette TIFF without a colormap fails here (TypeError) and falls back to Pillow.
+            colormap = cast(np.ndarray, page.colormap)
+            arr = np.moveaxis(colormap[:, arr], 0, -1)  # indices -> RGB
         elif photometric == tifffile.PHOTOMETRIC.MINISWHITE:
             if arr.dtype.kind not in "ui":
                 raise file_error(path, "min-is-white TIFF with non-integer samples cannot be inverted")
@@ -276,8 +277,7 @@ def write_png(
         raise InputError(f"bits={bits!r} is not supported for PNG: use 8 or 16")
     if scan.spatial_dims != 2:
         raise InputError(
-            f"{path}: PNG holds 2D images only; this scan is 3D with shape {scan.shape}: "
-            "write NIfTI or DICOM instead"
+            f"{path}: PNG holds 2D images only; this scan is 3D with shape {scan.shape}: write NIfTI or DICOM instead"
         )
     channels = scan.array.shape[0]
     if channels not in (1, 3):

@@ -171,7 +171,7 @@ def sort_slices(positions: np.ndarray, plane: Plane, where: str) -> tuple[np.nda
     gaps = np.flatnonzero(steps >= GAP_FACTOR * median)
     if gaps.size:
         k = int(gaps[0])
-        missing = int(round(steps[k] / median)) - 1
+        missing = round(steps[k] / median) - 1
         raise InputError(
             f"{where}: missing slice(s): a gap of {steps[k]:.3f} mm between positions {pos(k)} "
             f"and {pos(k + 1)} mm along the slice normal, where the other steps are "
@@ -204,7 +204,7 @@ def sort_slices(positions: np.ndarray, plane: Plane, where: str) -> tuple[np.nda
     return order, spacing
 
 
-def volume_affine(plane: Plane, slice_spacing: float, origin: Sequence[float]) -> np.ndarray:
+def volume_affine(plane: Plane, slice_spacing: float, origin: Sequence[float] | np.ndarray) -> np.ndarray:
     """RAS affine of a volume with array axes (slice, row, column).
 
     Column 0: normal * slice spacing (direction of increasing sorted index); column 1:
@@ -219,7 +219,7 @@ def volume_affine(plane: Plane, slice_spacing: float, origin: Sequence[float]) -
     return lps_to_ras(lps)
 
 
-def plane_affine(plane: Plane, thickness: float, origin: Sequence[float]) -> np.ndarray:
+def plane_affine(plane: Plane, thickness: float, origin: Sequence[float] | np.ndarray) -> np.ndarray:
     """RAS affine of a 2D image with array axes (row, column).
 
     Column 0: ``col_cos * PixelSpacing[0]``; column 1: ``row_cos * PixelSpacing[1]``;

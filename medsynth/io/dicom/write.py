@@ -1,0 +1,352 @@
+"""Writing a ``Scan`` as a DICOM series: one file per slice, marked synthetic (see ``write_dicom``)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pydicom.valuerep import format_number_as_ds
+
+from medsynth.errors import InputError
+from medsynth.io.dicom.geometry import Plane, decompose_affine
+from medsynth.io.scan import Scan
+
+_CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
+_MR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.4")
+_SC_IMAGE = UID("1.2.840.10008.5.1.4.1.1.7")
+
+# dcm2niix guesses the vendor from the first two letters of Manufacturer (SI, GE, HI, ME,
+# PH, TO, CA, CP, UI, BR, MR, HY in nii_dicom.cpp dcmStrManufacturer) and then applies
+# vendor-specific fixes; "medsynth" would read as Mediso (ME). "SY" matches no vendor.
+MANUFACTURER = "Synthetic (medsynth)"
+MODEL_NAME = "medsynth"
+DEIDENTIFICATION_METHOD = "synthetic image, no patient"
+# A converted real scan (``medsynth convert``) is not synthetic: it says what was done instead.
+CONVERTED_DEIDENTIFICATION_METHOD = "converted by medsynth; no identifying attribute carried over"
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,55}$")
+_CS = re.compile(r"^[A-Z0-9 _]{1,16}$")
+_SOP_CLASS_CHOICES = ("auto", "sc")
+_UID_NAMESPACE = uuid.UUID("6f1c0a8e-2b1d-5c4e-9a57-6d6564737974")  # fixed: medsynth's UIDs
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """How float modality values become stored integers: value = stored * slope + intercept."""
+
+    stored: np.ndarray
+    slope: str  # DS strings: the exact values the file carries and the quantisation used
+    intercept: str
+    signed: bool
+
+
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(value) + 0.0)
+
+
+def _encode_mono(values: np.ndarray, modality: str) -> _Encoding:
+    """Quantise to 16 bits, losing at most half a stored step (``slope / 2``).
+
+    CT: int16 with slope 1 and intercept 0 (whole HU) when the values fit, as CT readers
+    expect. Others: integers that fit are stored as they are (slope 1); fractional values
+    use the whole 16-bit range (uint16 if non-negative, else int16) with intercept 0.
+    """
+    lo, hi = float(values.min()), float(values.max())
+    integral = bool(np.all(values == np.round(values)))
+    if modality == "CT" and lo >= -32768 and hi <= 32767:
+        return _Encoding(np.round(values).astype(np.int16), "1", "0", True)
+    if integral and lo >= 0 and hi <= 65535:
+        return _Encoding(values.astype(np.uint16), "1", "0", False)
+    if integral and lo >= -32768 and hi <= 32767:
+        return _Encoding(values.astype(np.int16), "1", "0", True)
+    signed = lo < 0
+    limit = 32767 if signed else 65535
+    peak = max(abs(lo), abs(hi))
+    # One step of headroom so that the DS-rounded slope cannot push the peak past the limit.
+    slope = _ds(peak / (limit - 1)) if peak > 0 else "1"
+    stored = np.round(values / float(slope))
+    return _Encoding(stored.astype(np.int16 if signed else np.uint16), slope, "0", signed)
+
+
+def _window(scan: Scan, values: np.ndarray) -> tuple[str, str]:
+    center, width = scan.metadata.get("window_center"), scan.metadata.get("window_width")
+    if center is None or width is None or float(width) <= 0:
+        # A strided sample of at most ~1M voxels: the window is a display hint, and exact
+        # percentiles of a 300x512x512 volume cost seconds.
+        lo, hi = np.percentile(values.ravel()[:: max(1, values.size // 1_000_000)], [0.5, 99.5])
+        center, width = (lo + hi) / 2, max(hi - lo, 1.0)
+    return _ds(center), _ds(width)
+
+
+def _check_write_args(scan: Scan, case_id: str, series_description: str, sop_class: str) -> str:
+    """Validate arguments and return the IOD to write: "CT", "MR" or "SC"."""
+    if not isinstance(case_id, str) or not _CASE_ID.match(case_id):
+        raise InputError(
+            f"case_id {case_id!r}: expected 1-56 characters of letters, digits, '.', '_' or '-' "
+            "(it becomes PatientID 'SYN-<case_id>'), starting with a letter or digit"
+        )
+    if len(series_description) > 64 or any(c in series_description for c in "\\\r\n\t\x0c\x1b"):
+        raise InputError(
+            f"series_description {series_description!r}: expected at most 64 characters "
+            "without backslash or control characters (DICOM LO)"
+        )
+    if sop_class not in _SOP_CLASS_CHOICES:
+        raise InputError(f"sop_class {sop_class!r}: expected one of {', '.join(_SOP_CLASS_CHOICES)}")
+    if not _CS.match(scan.modality):
+        raise InputError(f"scan modality {scan.modality!r}: expected a DICOM modality code such as CT, MR, CR, OT")
+    if scan.array.shape[0] not in (1, 3):
+        raise InputError(
+            f"scan has {scan.array.shape[0]} channels; DICOM images have 1 (grayscale) or 3 (RGB): "
+            "write one channel at a time"
+        )
+    if not np.all(np.isfinite(scan.array)):
+        raise InputError("scan array holds NaN or infinite values; expected finite intensities")
+    if scan.array.shape[0] == 3:
+        lo, hi = float(scan.array.min()), float(scan.array.max())
+        if lo < -0.5 or hi >= 255.5:
+            raise InputError(f"3-channel scan has values {lo:g}..{hi:g}; RGB DICOM is 8-bit: expected 0..255")
+        return "SC"
+    if sop_class == "sc" or scan.modality not in ("CT", "MR"):
+        return "SC"
+    return scan.modality
+
+
+def _uid(*parts: str) -> str:
+    """A '2.25.<UUID>' UID (ISO/IEC 9834-8) from a name-based UUID of ``parts``: same parts, same UID.
+
+    pydicom's ``generate_uid(prefix=None)`` ignores ``entropy_srcs`` and draws a random
+    UUID, and a prefix would need an organisation root; a UUID5 gives both properties.
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(parts)).int}"
+
+
+def _uids(case_id: str, series_description: str, iod: str, namespace: str) -> tuple[str, str, str]:
+    """Study, series and frame-of-reference UIDs, deterministic from the namespace and case identity."""
+    study = _uid("study", namespace, case_id)
+    series = _uid("series", namespace, case_id, series_description, iod)
+    frame_of_reference = _uid("frame-of-reference", namespace, case_id)
+    return study, series, frame_of_reference
+
+
+def _base_dataset(
+    *,
+    iod: str,
+    modality: str,
+    case_id: str,
+    series_description: str,
+    uids: tuple[str, str, str],
+    index: int,
+    synthetic: bool,
+) -> Dataset:
+    """Patient/study/series/equipment/SOP common modules via highdicom, plus the synthetic marks."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from medsynth import __version__
+
+    study_uid, series_uid, _ = uids
+    sop_class_uid = {"CT": _CT_IMAGE, "MR": _MR_IMAGE, "SC": _SC_IMAGE}[iod]
+    software = f"medsynth {__version__}"
+    ds = hd.SOPClass(
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        series_number=1,
+        sop_instance_uid=_uid("instance", series_uid, str(index)),
+        sop_class_uid=sop_class_uid,
+        instance_number=index + 1,
+        modality=modality,
+        manufacturer=MANUFACTURER,
+        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        patient_id=f"SYN-{case_id}" if synthetic else f"ANON-{case_id}",
+        patient_name=f"SYNTHETIC^{case_id}" if synthetic else f"ANONYMOUS^{case_id}",
+        series_description=series_description,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=software,
+        specific_character_set="ISO_IR 192" if not series_description.isascii() else None,
+    )
+    # highdicom stamps creation/content date-time with "now"; drop them (all optional here)
+    # so that regenerating a case writes byte-identical files.
+    for kw in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
+        if kw in ds:
+            delattr(ds, kw)
+    ds.SyntheticData = "YES" if synthetic else "NO"
+    ds.BurnedInAnnotation = "NO"
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEIDENTIFICATION_METHOD if synthetic else CONVERTED_DEIDENTIFICATION_METHOD
+    purpose, description = (
+        (codes.DCM.SynthesizingEquipment, "image synthesized by a generative model; no patient was imaged")
+        if synthetic
+        else (codes.DCM.ProcessingEquipment, "converted from another file format; identifiers not carried over")
+    )
+    ds.ContributingEquipmentSequence = [
+        hd.ContributingEquipment(
+            MANUFACTURER,
+            purpose,
+            manufacturer_model_name=MODEL_NAME,
+            software_versions=software,
+            contribution_description=description,
+        )
+    ]
+    return ds
+
+
+def _add_image(
+    ds: Dataset,
+    *,
+    iod: str,
+    scan: Scan,
+    frame: np.ndarray,
+    enc: _Encoding | None,
+    window: tuple[str, str] | None,
+    synthetic: bool,
+) -> None:
+    """Image pixel, image type and the IOD-specific module attributes."""
+    third = {"CT": "AXIAL", "MR": "OTHER", "SC": "OTHER"}[iod]
+    ds.ImageType = ["DERIVED", "SECONDARY", third]
+    ds.Rows, ds.Columns = int(frame.shape[0]), int(frame.shape[1])
+    if enc is None:  # RGB, 8 bits
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.ascontiguousarray(frame, dtype=np.uint8).tobytes()
+    else:
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1 if enc.signed else 0
+        ds.PixelData = np.ascontiguousarray(frame.astype("<i2" if enc.signed else "<u2")).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope = enc.intercept, enc.slope
+        if iod != "MR":  # RescaleType: CT Image (type 3) and Modality LUT module (type 1C)
+            ds.RescaleType = "HU" if scan.modality == "CT" else "US"
+        assert window is not None  # write_dicom computes it with ``enc``
+        ds.WindowCenter, ds.WindowWidth = window
+    if iod == "CT":
+        ds.KVP = None
+        ds.AcquisitionNumber = None
+    elif iod == "MR":
+        ds.ScanningSequence = "RM"  # research mode: no real pulse sequence produced this image
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = None
+        ds.MRAcquisitionType = "3D" if scan.spatial_dims == 3 else "2D"
+        ds.RepetitionTime = None
+        ds.EchoTime = None
+        ds.EchoTrainLength = None
+    else:
+        ds.ConversionType = "SYN" if synthetic else "WSD"  # synthetic image / workstation
+
+
+def _patient_orientation(plane: Plane) -> list[str]:
+    """Dominant anatomical letters of the row and column directions (General Image module)."""
+    letters = []
+    for v in (plane.row_cos, plane.col_cos):
+        axis = int(np.argmax(np.abs(v)))
+        letters.append(("LR", "PA", "HF")[axis][0 if v[axis] > 0 else 1])
+    return letters
+
+
+def write_dicom(
+    scan: Scan,
+    out_dir: str | Path,
+    *,
+    case_id: str,
+    series_description: str = "medsynth synthetic",
+    sop_class: str = "auto",
+    synthetic: bool = True,
+    uid_namespace: str = "",
+) -> list[Path]:
+    """Write ``scan`` as a DICOM series, one file per slice, into ``out_dir``.
+
+    CT and MR scans become CT/MR Image Storage (2D and 3D); other modalities, RGB scans and
+    ``sop_class="sc"`` become Secondary Capture (ConversionType SYN). Every file carries
+    SyntheticData YES, ImageType DERIVED\\SECONDARY, a Contributing Equipment item
+    "Synthesizing Equipment" (medsynth and its version), PatientIdentityRemoved YES, the full
+    plane geometry (also in Secondary Captures, as standard extended attributes), and UIDs
+    derived from ``case_id``, so rewriting a case gives the same UIDs and bytes.
+
+    Args:
+        scan: the image; grayscale (1 channel) or RGB (3 channels, values 0..255).
+        out_dir: the series folder; built under a temporary name and renamed when complete.
+            An existing folder holding only ``.dcm`` files (an earlier write) is replaced;
+            any other existing non-empty folder is refused.
+        case_id: the synthetic case's identity (becomes PatientID ``SYN-<case_id>`` and
+            PatientName ``SYNTHETIC^<case_id>``); make it unique across datasets.
+        series_description: SeriesDescription (at most 64 characters).
+        sop_class: ``"auto"`` or ``"sc"`` (force Secondary Capture).
+        synthetic: ``False`` for a converted real scan (``medsynth convert``): SyntheticData
+            NO, an anonymous patient ``ANONYMOUS^<case_id>``, "Processing Equipment" as the
+            contribution, ConversionType WSD; the de-identification marks stay.
+        uid_namespace: mixed into every UID, so equal case ids in different datasets (say,
+            two protocols) never share UIDs; the protocol runner passes the protocol's hash.
+
+    Returns:
+        The written file paths in slice order (``00001.dcm``, ...).
+
+    Example:
+        >>> write_dicom(scan, "out/dicom/case-0001", case_id="case-0001")  # doctest: +SKIP
+    """
+    from medsynth.io.atomic import atomic_path
+
+    iod = _check_write_args(scan, case_id, series_description, sop_class)
+    out = Path(out_dir)
+    if out.exists():
+        if out.is_dir():
+            others = [p.name for p in out.iterdir() if not (p.is_file() and p.suffix == ".dcm")]
+        else:
+            others = [out.name]
+        if others:
+            raise InputError(
+                f"{out}: exists and holds {others[:3]}; expected a new folder or an earlier series "
+                "(only .dcm files): choose another output folder"
+            )
+    geometry = decompose_affine(scan.affine, scan.shape, where=f"scan for case {case_id}")
+    values = scan.array[0]
+    enc = None if scan.array.shape[0] == 3 else _encode_mono(values, scan.modality)
+    window = None if enc is None else _window(scan, values)
+    # RGB: (3, [D,] H, W) -> ([D,] H, W, 3) 8-bit; grayscale: the encoded integers.
+    frames_all = np.round(np.moveaxis(scan.array, 0, -1)).astype(np.uint8) if enc is None else enc.stored
+    frames = list(frames_all) if scan.spatial_dims == 3 else [frames_all]
+    uids = _uids(case_id, series_description, iod, uid_namespace)
+    plane = geometry.plane
+    normal = plane.normal
+    names = [f"{i + 1:05d}.dcm" for i in range(len(frames))]
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for i, frame in enumerate(frames):
+            ds = _base_dataset(
+                iod=iod,
+                modality=scan.modality,
+                case_id=case_id,
+                series_description=series_description,
+                uids=uids,
+                index=i,
+                synthetic=synthetic,
+            )
+            ds.FrameOfReferenceUID = uids[2]
+            ds.PositionReferenceIndicator = None
+            body_part = str(scan.metadata.get("body_part", "")).strip().upper()
+            if _CS.match(body_part):
+                ds.BodyPartExamined = body_part
+            else:
+                # Laterality is type 2C (paired body parts); the body part is unknown, so is it.
+                ds.Laterality = None
+            if iod != "SC":
+                ds.PatientPosition = None
+            else:
+                ds.PatientOrientation = _patient_orientation(plane)
+            pos = geometry.positions[i]
+            ds.ImagePositionPatient = [_ds(v) for v in pos]
+            ds.ImageOrientationPatient = [_ds(v) for v in np.r_[plane.row_cos, plane.col_cos]]
+            ds.PixelSpacing = [_ds(plane.row_spacing), _ds(plane.col_spacing)]
+            ds.SliceThickness = _ds(geometry.thickness)
+            if scan.spatial_dims == 3:
+                ds.SpacingBetweenSlices = _ds(geometry.thickness)
+            ds.SliceLocation = _ds(float(pos @ normal))
+            _add_image(ds, iod=iod, scan=scan, frame=frame, enc=enc, window=window, synthetic=synthetic)
+            ds.save_as(tmp / names[i], enforce_file_format=True)
+    return [out / name for name in names]
