@@ -1,0 +1,1 @@
+"""Lesion insertion: mask proposals, placement regions and compositing (geometry only, no model)."""
