@@ -40,10 +40,14 @@ SNIFF_BYTES = 352
 
 
 class Reader(Protocol):
+    """``read(path, modality)``: one scan; ``modality`` for formats that store none."""
+
     def __call__(self, path: Path, modality: str | None) -> Scan: ...
 
 
 class Writer(Protocol):
+    """``write(scan, path, case_id=, synthetic=, uid_namespace=)``: the options are DICOM's."""
+
     def __call__(self, scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path: ...
 
 
