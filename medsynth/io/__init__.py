@@ -39,19 +39,7 @@ FORMATS: tuple[str, ...] = format_names()
 
 # Files that sit beside scans in datasets and medsynth output folders (labels, manifests,
 # reports, notes). ``read_scans`` passes over them instead of reporting each as a bad scan.
-COMPANION_SUFFIXES = (
-    ".csv",
-    ".tsv",
-    ".json",
-    ".jsonl",
-    ".yaml",
-    ".yml",
-    ".md",
-    ".txt",
-    ".html",
-    ".log",
-    ".pdf",
-)
+COMPANION_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".html", ".log", ".pdf")
 
 
 def _single_file(path: Path) -> bool:
