@@ -22,13 +22,16 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsynth.conditions import Condition, UnknownLabel, Vocabulary, group_key, split_pathologies
 from medsynth.digest import sha256_json
 from medsynth.errors import MedsynthError
 from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
 from medsynth.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from medsynth.data.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,8 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _catalog(path: Path):  # -> medsynth.data.catalog.Catalog
+def _catalog(path: Path) -> Catalog:
+    # Imported here: validating a protocol that names no dataset should not import the readers.
     from medsynth.data.catalog import Catalog
 
     return Catalog.from_csv(path)
@@ -308,7 +312,7 @@ def _extend_sources(
     return ExtendPlan(paths, q.extend.strength)
 
 
-def _classes(catalog: Any) -> str:
+def _classes(catalog: Catalog) -> str:
     return ", ".join(group_key(p, m) for p, m in sorted(catalog.class_counts())) or "none"
 
 
