@@ -10,11 +10,13 @@ given: ``medsynth generate: error: Invalid value for '--threads': ... (got '0');
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 from typing import Optional
 
 import click
 import typer
 
+_typer_click: ModuleType
 try:  # typer >= 0.25 vendors its own click: its exceptions are not click's
     from typer._click import exceptions as _typer_click
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -237,8 +239,11 @@ def _run_protocol(
             protocol, out=out, device=device, force=force, progress=JsonProgress() if as_json else RichProgress()
         )
     except PrivacyError as exc:
-        if getattr(exc, "result", None) is not None:
-            show(exc.result.summary)
+        # What the failed run still wrote, if anything. getattr until errors.PrivacyError
+        # declares its ``result`` field (issue 12); then this is ``exc.result``.
+        so_far = getattr(exc, "result", None)
+        if so_far is not None:
+            show(so_far.summary)
         raise
     if result.summary.get("rank", 0) == 0 and "quotas" in result.summary:
         show(result.summary)
