@@ -230,36 +230,20 @@ class LatentDiffusionModel(nn.Module):
             z_mu = z_mu + z_sigma * noise
         return z_mu * self.scale_factor
 
-    def _decode_unscaled(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent ``(B, *latent_shape)`` -> normalised image, whole.
+
+        For volumes too large to decode at once, ``medsynth.sampling.decode_tiled(model.decode, z, window=...)``
+        decodes window by window.
+        """
         return self.autoencoder.decode(z / self.scale_factor)
 
-    def decode(self, z: torch.Tensor, *, sliding_window: int | None = None, overlap: float = 0.25) -> torch.Tensor:
-        """Scaled latent -> normalised image.
+    def context(self, pathologies: Sequence[str | Sequence[str]], modalities: Sequence[str]) -> torch.Tensor:
+        """Cross-attention context ``(B, 2, cond_dim)`` of one condition per item (see ``Conditioner``).
 
-        Args:
-            z: ``(B, *latent_shape)``.
-            sliding_window: latent window edge for tile-wise decoding (MONAI ``sliding_window_inference``
-                with Gaussian blending); ``None`` decodes the whole latent at once.
-            overlap: fraction of window overlap when tiling.
+        Training's condition dropout calls ``conditioner`` itself, with its ``drop_*`` masks.
         """
-        if sliding_window is None:
-            return self._decode_unscaled(z)
-        from monai.inferers import sliding_window_inference
-
-        roi = tuple(min(int(sliding_window), s) for s in z.shape[2:])
-        return sliding_window_inference(
-            z, roi_size=roi, sw_batch_size=1, predictor=self._decode_unscaled, overlap=overlap, mode="gaussian"
-        )
-
-    def context(
-        self,
-        pathologies: Sequence[str | Sequence[str]],
-        modalities: Sequence[str],
-        drop_pathology: torch.Tensor | None = None,
-        drop_modality: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Cross-attention context ``(B, 2, cond_dim)`` (see ``Conditioner``)."""
-        return self.conditioner(pathologies, modalities, drop_pathology, drop_modality)
+        return self.conditioner(pathologies, modalities)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction (epsilon, v or flow velocity, per ``config.scheduler``)."""

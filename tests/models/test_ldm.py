@@ -8,6 +8,7 @@ from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
 from medsynth.errors import InputError
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
+from medsynth.sampling.tiling import decode_tiled
 
 
 def test_shapes_and_vocabularies(tiny_model):
@@ -39,8 +40,8 @@ def test_sliding_window_decode_covers_the_image(tiny_model):
     z = torch.randn(1, *tiny_model.latent_shape)
     with torch.no_grad():
         full = tiny_model.decode(z)
-        tiled = tiny_model.decode(z, sliding_window=8)  # one window = the whole latent
-        small = tiny_model.decode(z, sliding_window=4, overlap=0.5)
+        tiled = decode_tiled(tiny_model.decode, z, window=8)  # one window = the whole latent
+        small = decode_tiled(tiny_model.decode, z, window=4, overlap=0.5)
     assert torch.allclose(full, tiled, atol=1e-5)
     assert small.shape == full.shape and torch.isfinite(small).all()
 
