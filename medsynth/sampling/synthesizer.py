@@ -41,6 +41,13 @@ DEFAULT_STEPS = 20
 Pathology = str | Sequence[str]
 
 
+def _request_seeds(num_samples: object, seed: object) -> list[int]:
+    """The per-sample seeds ``derive_seed(seed, i)`` of a request for ``num_samples`` samples, checked."""
+    n = positive_int("num_samples", num_samples)
+    check_seed(seed)
+    return [derive_seed(seed, i) for i in range(n)]
+
+
 class Synthesizer:
     """Generate synthetic scans from a ``LatentDiffusionModel``.
 
@@ -122,12 +129,11 @@ class Synthesizer:
         Raises:
             InputError: an unknown pathology, modality or sampler, or a setting out of range.
         """
-        n = positive_int("num_samples", num_samples)
-        check_seed(seed)
+        seeds = _request_seeds(num_samples, seed)
         return self.generate(
-            [pathology] * n,
-            [modality] * n,
-            [derive_seed(seed, i) for i in range(n)],
+            [pathology] * len(seeds),
+            [modality] * len(seeds),
+            seeds,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             sampler=sampler,
@@ -166,11 +172,7 @@ class Synthesizer:
         for s in seeds:
             check_seed(s)
         settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
-        scans: list[Scan] = []
-        for lo in range(0, len(seeds), settings["batch_size"]):
-            hi = lo + settings["batch_size"]
-            scans += self._sample(labels[lo:hi], mods[lo:hi], [int(s) for s in seeds[lo:hi]], settings)
-        return scans
+        return self._sample(labels, mods, [int(s) for s in seeds], settings)
 
     def variation(
         self,
@@ -217,22 +219,16 @@ class Synthesizer:
             pathology = str(found).split("|")
         label = self._check_pathology(pathology)
         mod = self._check_modality(modality if modality is not None else scan.modality)
-        n = positive_int("num_samples", num_samples)
-        check_seed(seed)
+        seeds = _request_seeds(num_samples, seed)
         settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
         with torch.inference_mode():
             x = self.model.preprocessing.to_model(scan).unsqueeze(0).to(self.device)
             z0 = self.model.encode(x)
-        seeds = [derive_seed(seed, i) for i in range(n)]
-        scans: list[Scan] = []
-        for lo in range(0, n, settings["batch_size"]):
-            chunk = seeds[lo : lo + settings["batch_size"]]
-            scans += self._sample([label] * len(chunk), [mod] * len(chunk), chunk, settings, z0=z0, strength=strength)
-        return scans
+        n = len(seeds)
+        return self._sample([label] * n, [mod] * n, seeds, settings, z0=z0, strength=strength)
 
     # -- the loop ------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def _sample(
         self,
         pathologies: list[list[str]],
@@ -242,6 +238,19 @@ class Synthesizer:
         *,
         z0: torch.Tensor | None = None,
         strength: float = 1.0,
+    ) -> list[Scan]:
+        """One scan per item, ``settings["batch_size"]`` items per batch; ``z0``: SDEdit's source latent."""
+        size = settings["batch_size"]
+        scans: list[Scan] = []
+        for lo in range(0, len(seeds), size):
+            hi = lo + size
+            scans += self._sample_batch(pathologies[lo:hi], modalities[lo:hi], seeds[lo:hi], settings, z0, strength)
+        return scans
+
+    @torch.inference_mode()
+    def _sample_batch(
+        self, pathologies: list[list[str]], modalities: list[str], seeds: list[int], settings: dict[str, Any],
+        z0: torch.Tensor | None, strength: float,
     ) -> list[Scan]:
         model, device, b = self.model, self.device, len(seeds)
         sampler: Sampler = make_sampler(
