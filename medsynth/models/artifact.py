@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from medsynth.digest import update_from_file
 from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_path
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
@@ -171,7 +172,5 @@ def model_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     for fname in [CONFIG_NAME, *sorted(WEIGHT_FILES)]:
         h.update(fname.encode())
-        with open(root / fname, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        update_from_file(h, root / fname)
     return h.hexdigest()
