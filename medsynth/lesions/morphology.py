@@ -54,7 +54,26 @@ def equivalent_diameter(count: float, spacing: tuple[float, ...]) -> float:
 
 
 def equivalent_count(diameter_mm: float, spacing: tuple[float, ...]) -> float:
-    """Voxel count (not rounded) of a sphere (3D) or circle (2D) of ``diameter_mm``; inverse of ``equivalent_diameter``."""
+    """Voxel count (not rounded) of a sphere (3D) or circle (2D) of ``diameter_mm``; ``equivalent_diameter``'s inverse."""
     r = diameter_mm / 2.0
     size = 4.0 / 3.0 * np.pi * r**3 if len(spacing) == 3 else np.pi * r**2
     return float(size / np.prod(spacing))
+
+
+def distance_outside(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> np.ndarray:
+    """Euclidean distance of every voxel to the nearest ``mask`` voxel (0 inside), in voxels or, with ``spacing``, mm.
+
+    An empty mask is infinitely far from everywhere.
+    """
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    return ndi.distance_transform_edt(~mask, sampling=spacing)
+
+
+def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` grown by a Euclidean ball of ``radius`` voxels: every voxel within ``radius`` of it.
+
+    This is the band that compositing blends over, so placement and compositing agree on what
+    "the mask dilated by the margin" is. Pad the mask first if the band must not be cut off.
+    """
+    return distance_outside(mask) <= radius

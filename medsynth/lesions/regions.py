@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -31,7 +31,7 @@ from medsynth.errors import InputError
 from medsynth.io.scan import Scan
 from medsynth.lesions.morphology import label_components, largest_component
 
-RegionSpec = Union[str, Mapping[str, Any]]
+RegionSpec = str | Mapping[str, Any]
 
 CT_BODY_HU = -500.0  # soft tissue, fat and bone are above; air and lung parenchyma below
 CT_AIR_HU = -400.0  # about the 50% partial-volume level between lung (-860) and soft tissue
@@ -116,7 +116,9 @@ def body_mask(scan: Scan) -> np.ndarray:
     return _fill_holes(largest_component(tissue), _axial_axis(scan))
 
 
-def _lateral_reach(labels: np.ndarray, label: int, box: tuple[slice, ...], x_of: np.ndarray, x0: float) -> tuple[float, float]:
+def _lateral_reach(
+    labels: np.ndarray, label: int, box: tuple[slice, ...], x_of: np.ndarray, x0: float
+) -> tuple[float, float]:
     """How far component ``label`` reaches to the patient's right and left of ``x0`` (mm)."""
     idx = np.argwhere(labels[box] == label) + [s.start for s in box]
     x = idx @ x_of - x0

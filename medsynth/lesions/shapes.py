@@ -259,7 +259,8 @@ class _LobulatedSource:
         rho = np.linalg.norm(e, axis=1)
         u = e / np.maximum(rho, 1e-12)[:, None]
         planar = u[:, 0] + 1j * u[:, 1]
-        radial = 1.0 + sum(a * np.real(np.exp(-1j * k * phi) * planar**k) for (a, phi), k in zip(self.lobes, LOBE_ORDERS))
+        lobes = zip(self.lobes, LOBE_ORDERS, strict=True)
+        radial = 1.0 + sum(a * np.real(np.exp(-1j * k * phi) * planar**k) for (a, phi), k in lobes)
         return radial - rho
 
 
@@ -298,7 +299,7 @@ def render_mask(
     scale = diameter_mm / source.diameter  # mm per source unit
     max_shift = 1.5 * float(np.abs(params.elastic).max(initial=0.0)) * diameter_mm  # cubic splines overshoot a little
     half_mm = scale * source.extent(rotation) + max_shift + 2.0 * sp.max()
-    shape = tuple(2 * int(math.ceil(h / s)) + 1 for h, s in zip(half_mm, sp, strict=True))
+    shape = tuple(2 * math.ceil(h / s) + 1 for h, s in zip(half_mm, sp, strict=True))
     half = (np.asarray(shape) - 1) / 2.0 * sp
     points = np.indices(shape).reshape(dims, -1).T * sp - half  # voxel centres, mm from the crop's centre
     if params.elastic:
