@@ -8,7 +8,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medsynth-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "medsynth: need Python 3.11+ as $(PYTHON) on PATH (set PYTHON=...)"; exit 2; }
@@ -34,6 +34,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and format) and mypy, configured in pyproject.toml; .ci/run runs this before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check medsynth tests benchmarks
+	$(BIN)/ruff format --check medsynth tests benchmarks
+	$(BIN)/mypy medsynth
 
 clean:
 	rm -rf $(VENV) demo-output
