@@ -5,8 +5,7 @@ The public API is small and imported lazily, so ``medsynth --version`` does not 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from medsynth.lazy_import import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -30,8 +29,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medsynth' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,6 +6,11 @@ The CLI prints ``medsynth: error: <message>`` on one line and exits with ``exit_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medsynth.protocol.summary import RunResult
+
 
 class MedsynthError(Exception):
     """Base of all errors a user can cause; the CLI maps it to ``exit_code``."""
@@ -22,9 +27,17 @@ class ProtocolError(MedsynthError):
 
 
 class PrivacyError(MedsynthError):
-    """The privacy gate failed a run or a check (exit status 3)."""
+    """The privacy gate failed a run or a check (exit status 3).
+
+    ``result`` is what a failed protocol run still wrote (its summary, report and cases; only
+    ``dataset.json`` is withheld), so a caller can show it; None when there is nothing to show.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, result: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def file_error(path: object, reason: str) -> InputError:

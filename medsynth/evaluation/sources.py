@@ -4,10 +4,9 @@ Both fidelity and utility take "SYNTH.csv or OUTPUT_DIR"; this module is the one
 
 * a CSV with columns ``path,pathology,modality`` (the dataset format of ``medsynth.data.catalog``,
   read through ``Catalog``, so its validation and path rules apply);
-* a folder holding ``manifest.jsonl`` (one JSON object per generated case, with ``pathology``,
-  ``modality`` and ``files`` {format: path relative to the folder}). A case is read from its
-  NIfTI if it has one, else its DICOM series, else its PNG: NIfTI and DICOM keep modality units
-  (HU for CT), a PNG preview does not.
+* a folder holding ``manifest.jsonl`` (one ``ManifestRecord`` per generated case; a hand-made
+  one needs ``pathology``, ``modality`` and ``files`` {format: path relative to the folder}).
+  A case is read from its ``preferred_file()``: its NIfTI, else its DICOM series, else its PNG.
 
 Subjects (from the CSV's ``subject`` column) are kept only in memory, to split real data
 without putting one subject's scans on both sides; they never reach a report.
@@ -15,7 +14,6 @@ without putting one subject's scans on both sides; they never reach a report.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,10 +21,7 @@ from pathlib import Path
 
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
-
-MANIFEST = "manifest.jsonl"
-# Which file of a generated case to read, best first (see the module docstring for why).
-FORMAT_PREFERENCE = ("nifti", "dicom", "png")
+from medsynth.protocol.manifest import MANIFEST, LineError, read_manifest
 
 
 @dataclass
@@ -136,30 +131,19 @@ def _load_manifest(manifest: Path, role: str) -> LabelledScans:
     from medsynth.io import read_scan
 
     root = manifest.parent
+    try:
+        records = read_manifest(manifest)
+    except LineError as exc:
+        where = f"{role} {manifest}:{exc.line}"
+        if exc.syntax:
+            raise InputError(f"{where}: not a JSON object ({exc.detail}); the manifest is damaged") from None
+        raise InputError(f"{where}: {exc.detail}") from None
     scans, paths, mods = [], [], []
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{role} {manifest}:{lineno}"
-        try:
-            case = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not a JSON object ({exc.msg}); the manifest is damaged") from None
-        if not isinstance(case, dict) or not {"pathology", "modality", "files"} <= case.keys():
-            raise InputError(f"{where}: expected a JSON object with pathology, modality and files")
-        pathology = case["pathology"]
-        if isinstance(pathology, list):
-            pathology = "|".join(str(v) for v in pathology)
-        files = case["files"] if isinstance(case["files"], dict) else {}
-        fmt = next((f for f in FORMAT_PREFERENCE if f in files), None)
-        if fmt is None:
-            raise InputError(
-                f"{where}: files {sorted(files)} has none of the readable formats {list(FORMAT_PREFERENCE)}"
-            )
-        target = root / str(files[fmt])
-        if not target.exists():
-            raise InputError(f"{where}: listed file {files[fmt]} is missing under {root}")
-        scans.append(read_scan(target, modality=str(case["modality"])))
-        paths.append(str(pathology))
-        mods.append(str(case["modality"]).upper())
+    for lineno, case in records:
+        rel = case.preferred_file()
+        if not (root / rel).exists():
+            raise InputError(f"{role} {manifest}:{lineno}: listed file {rel} is missing under {root}")
+        scans.append(read_scan(root / rel, modality=case.modality))
+        paths.append(case.pathology)
+        mods.append(case.modality.upper())
     return LabelledScans(scans, paths, mods)

@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-from importlib import import_module
 from pathlib import Path
-from typing import Any
+
+from medsynth.lazy_import import lazy_getattr
 
 # The demo protocol ships inside the package, so an installed medsynth can run `medsynth demo`.
 DEMO_PROTOCOL = Path(__file__).resolve().parent / "demo.yaml"
@@ -24,14 +24,10 @@ _LAZY = {
     "protocol_json_schema": "medsynth.protocol.schema",
     "RunPlan": "medsynth.protocol.plan",
     "validate_protocol": "medsynth.protocol.plan",
-    "RunResult": "medsynth.protocol.runner",
+    "RunResult": "medsynth.protocol.summary",
     "generate": "medsynth.protocol.runner",
 }
 
 __all__ = ["DEMO_PROTOCOL", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medsynth.protocol' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,44 +1,43 @@
-"""The output folder's bookkeeping: manifest lines, the run file, file hashes, resume clean-up.
+"""The manifest of a generation output folder: one ``ManifestRecord`` per JSON line, and its reader and writer.
 
-Layout of an output folder::
+A manifest line, keys sorted::
 
-    .medsynth-run.json           which protocol (sha256), plan and model made this folder
-    dicom/<case_id>/0001.dcm...  one folder per case (a DICOM series)
-    nifti/<case_id>.nii.gz
-    png/<case_id>.png
-    manifest.jsonl               one line per finished case, in plan order at the end of a run
-    rejected.jsonl               privacy-flagged attempts that were not written (audit trail)
-    dataset.json                 MONAI datalist of the written cases
-    privacy_report.{json,html}   the memorization check (when the gate is on)
-    summary.json
+    {"attempt": 0, "case_id": "nodule-CT-00003", "created": "2026-01-01T00:00:00+00:00",
+     "files": {"dicom": "dicom/nodule-CT-00003", "nifti": "nifti/nodule-CT-00003.nii.gz"},
+     "modality": "CT", "model": {"id": "builtin:phantom-2d", "sha256": "..."},
+     "pathology": "nodule", "privacy": {"gate": true, "passed": true, "score": 0.94, ...},
+     "protocol_sha256": "...", "sampler": {"method": "dpm++", "steps": 20, ...},
+     "seed": 6952788546179835772, "sha256": {"dicom": {"00001.dcm": "..."}, "nifti": "..."}}
 
-A case's manifest line is appended only after all its files are renamed into place and
-synced, and the manifest is fsynced after each line. So after a crash every listed file is
-complete; a torn last line (killed mid-append) is cut off, and files no line lists are
-removed by ``remove_unlisted`` before a run resumes.
+plus ``"extend": {"source_index": 0, "strength": 0.5}`` for a case varied from a real scan
+(its index in the quota's source list, never its path). ``rejected.jsonl`` holds one
+``RejectedRecord`` per privacy-flagged attempt that was not written (the audit trail).
+
+The protocol runner writes both files with ``JsonlAppender``: each line with one ``write``,
+fsynced, and a case's line only after its files are complete. So the only damage a crash
+leaves is a torn last line, which ``read_jsonl(torn_tail=True)`` drops. Other readers (the
+privacy check, evaluation, hand-made manifests) take every line as it is: there a manifest
+needs only ``pathology``, ``modality`` and ``files``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medsynth.errors import InputError
-from medsynth.io.atomic import atomic_write_text, fsync_path
+from medsynth.io.atomic import fsync_path
+from medsynth.io.formats import PREFERENCE, preferred_format
+
+R = TypeVar("R")
 
 MANIFEST = "manifest.jsonl"
 REJECTED = "rejected.jsonl"
-RUN_FILE = ".medsynth-run.json"
-DATASET = "dataset.json"
-SUMMARY = "summary.json"
-FORMAT_DIRS = ("dicom", "nifti", "png")
-# Files a run writes at the top of its output folder (a --force restart removes exactly these).
-RUN_OUTPUTS = (RUN_FILE, MANIFEST, REJECTED, DATASET, SUMMARY, "privacy_report.json", "privacy_report.html")
 
 
 def rank_part(name: str, rank: int) -> str:
@@ -47,13 +46,271 @@ def rank_part(name: str, rank: int) -> str:
     return f"{stem}.rank-{rank}.{ext}"
 
 
-def dumps(record: dict[str, Any]) -> str:
-    """One manifest line (sorted keys, so equal records are equal bytes)."""
+def dumps(record: Mapping[str, Any]) -> str:
+    """One JSON line (sorted keys, so equal records are equal bytes; strict JSON, no NaN)."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def utc_now() -> str:
+    """The time stamp of records and summaries: UTC, to the second (``2026-01-01T00:00:00+00:00``)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class LineError(ValueError):
+    """A line of a JSON-lines file that is not the record its reader expects.
+
+    Each reader words its own message from these parts (whose file it is, what to do).
+
+    Attributes:
+        line: the line's number, from 1.
+        syntax: True when the line is not a JSON object at all (damaged or torn); False when
+            it is an object that lacks, or mistypes, a field of the record.
+        detail: what is wrong (the JSON parser's message, or which field).
+    """
+
+    def __init__(self, line: int, detail: str, *, syntax: bool) -> None:
+        super().__init__(f"line {line}: {detail}")
+        self.line, self.detail, self.syntax = line, detail, syntax
+
+
+# -- the records ----------------------------------------------------------------------------------
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type, what: str, *, required: bool = False) -> Any:
+    """``data[key]`` if it is a ``kind`` (None when absent and not ``required``); else ValueError naming it."""
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    # bool is an int to Python, but true is never a seed or an attempt number.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"{key} must be {what}, not {value!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class ManifestRecord:
+    """One finished case: what it is, its files and their hashes, and how it was made.
+
+    A record the protocol runner writes has every field but ``extend`` (only for cases varied
+    from a real scan); a hand-made manifest needs ``pathology``, ``modality`` and ``files``.
+    Fields that are None are absent from the JSON line.
+
+    Example:
+        >>> r = ManifestRecord(pathology="nodule", modality="CT",
+        ...                    files={"png": "png/a.png", "nifti": "nifti/a.nii.gz"})
+        >>> r.preferred_file()
+        'nifti/a.nii.gz'
+        >>> ManifestRecord.from_dict(json.loads(r.to_json())) == r
+        True
+    """
+
+    pathology: str  # the canonical label, '|'-joined when several
+    modality: str
+    files: dict[str, str]  # format -> path relative to the output folder (DICOM: a folder)
+    case_id: str | None = None
+    seed: int | None = None
+    attempt: int | None = None  # 0 first; each privacy resample adds one
+    sha256: dict[str, str | dict[str, str]] | None = None  # format -> digest (DICOM: file -> digest)
+    model: dict[str, str] | None = None  # {"id", "sha256"}
+    protocol_sha256: str | None = None
+    sampler: dict[str, Any] | None = None  # method, steps, guidance_scale, batch_size
+    privacy: dict[str, Any] | None = None  # the gate's verdict ({"gate": false} when it is off)
+    created: str | None = None
+    extend: dict[str, Any] | None = None  # {"source_index", "strength"}
+    # Keys this version does not know (a newer medsynth's), kept so rewriting a manifest loses none.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if preferred_format(self.files) is None:
+            raise ValueError(f"files {sorted(self.files)} has none of the readable formats {list(PREFERENCE)}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ManifestRecord:
+        """The record of a parsed manifest line.
+
+        A ``pathology`` given as a list of labels is ``|``-joined in its order.
+
+        Raises:
+            ValueError: a required field is missing, a field has the wrong type, or ``files``
+                names no readable format; the message says which.
+        """
+        if not {"pathology", "modality", "files"} <= data.keys():
+            raise ValueError("expected a JSON object with pathology, modality and files")
+        files = _field(data, "files", dict, "an object {format: path}", required=True)
+        if not all(isinstance(v, str) for v in files.values()):
+            raise ValueError(f"files must map each format to a path, not {files!r}")
+        pathology = data["pathology"]
+        if isinstance(pathology, list) and all(isinstance(p, str) for p in pathology):
+            pathology = "|".join(pathology)
+        if not isinstance(pathology, str):
+            raise ValueError(f"pathology must be a label or a list of labels, not {pathology!r}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            pathology=pathology,
+            modality=_field(data, "modality", str, "a modality code", required=True),
+            files=files,
+            case_id=_field(data, "case_id", str, "a string"),
+            seed=_field(data, "seed", int, "an integer"),
+            attempt=_field(data, "attempt", int, "an integer"),
+            sha256=_field(data, "sha256", dict, "an object {format: digest}"),
+            model=_field(data, "model", dict, "an object {id, sha256}"),
+            protocol_sha256=_field(data, "protocol_sha256", str, "a string"),
+            sampler=_field(data, "sampler", dict, "an object"),
+            privacy=_field(data, "privacy", dict, "an object"),
+            created=_field(data, "created", str, "a time stamp"),
+            extend=_field(data, "extend", dict, "an object {source_index, strength}"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the line: the fields that are not None, and ``extra``."""
+        d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
+        return {**self.extra, **d}
+
+    def to_json(self) -> str:
+        """The manifest line, without its newline."""
+        return dumps(self.to_dict())
+
+    def preferred_file(self) -> str:
+        """The file a reader takes (relative to the output folder): NIfTI, else DICOM, else PNG.
+
+        NIfTI and DICOM keep modality units (HU for CT) and float values; a PNG is an 8-bit preview.
+        """
+        fmt = preferred_format(self.files)
+        assert fmt is not None  # __post_init__ refuses a record without one
+        return self.files[fmt]
+
+
+@dataclass
+class RejectedRecord:
+    """One privacy-flagged attempt that was not written (a line of ``rejected.jsonl``).
+
+    ``final``: the case gets no further attempt; ``action`` is then ``privacy.on_flag``
+    (``drop``, ``fail``, or ``resample`` when the attempts ran out), else ``resample``.
+    """
+
+    case_id: str
+    pathology: str
+    modality: str
+    seed: int
+    attempt: int
+    final: bool
+    action: str
+    privacy: dict[str, Any]
+    created: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RejectedRecord:
+        """The record of a parsed line.
+
+        Raises:
+            ValueError: a field is missing or has the wrong type.
+        """
+        types: dict[str, tuple[type, str]] = {
+            "case_id": (str, "a string"),
+            "pathology": (str, "a label"),
+            "modality": (str, "a modality code"),
+            "seed": (int, "an integer"),
+            "attempt": (int, "an integer"),
+            "final": (bool, "true or false"),
+            "action": (str, "a string"),
+            "privacy": (dict, "an object"),
+            "created": (str, "a time stamp"),
+        }
+        missing = [k for k in types if k not in data]
+        if missing:
+            raise ValueError(f"expected a JSON object with {', '.join(types)}; {', '.join(missing)} missing")
+        return cls(**{k: _field(data, k, kind, what, required=True) for k, (kind, what) in types.items()})
+
+    def to_json(self) -> str:
+        """The line, without its newline."""
+        return dumps(asdict(self))
+
+
+# -- reading and writing --------------------------------------------------------------------------
+
+
+def read_jsonl(
+    path: str | os.PathLike[str], *, torn_tail: bool = False, repair: bool = False
+) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSON-lines file, each with its line number; blank lines are skipped.
+
+    Args:
+        path: the file; a missing file has no lines.
+        torn_tail: the file is a run's own journal, whose last line a crash may have cut
+            short: bytes after the last newline, or a last line that is not a JSON object,
+            are dropped. Without it every line counts, the last one too.
+        repair: with ``torn_tail``, also cut the torn line off the file itself.
+
+    Raises:
+        LineError: a line (other than a torn last one) is not a JSON object.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    chunks = raw.split(b"\n")
+    # With torn_tail, the bytes after the last newline are a line cut short; otherwise a last line.
+    lines = chunks[:-1] if torn_tail else chunks
+    records: list[tuple[int, dict[str, Any]]] = []
+    good_bytes = 0
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                value = json.loads(line)
+                error = None if isinstance(value, dict) else f"found {type(value).__name__}"
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                error = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            if error is not None:
+                if torn_tail and number == len(lines) and not chunks[-1]:
+                    break  # the last line, torn in a way that still ended with a newline
+                raise LineError(number, error, syntax=True)
+            records.append((number, value))
+        good_bytes += len(line) + 1
+    if torn_tail and repair and good_bytes != len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return records
+
+
+def _read_records(
+    path: str | os.PathLike[str], parse: Callable[[Mapping[str, Any]], R], torn_tail: bool, repair: bool
+) -> list[tuple[int, R]]:
+    out = []
+    for number, data in read_jsonl(path, torn_tail=torn_tail, repair=repair):
+        try:
+            out.append((number, parse(data)))
+        except ValueError as exc:
+            raise LineError(number, str(exc), syntax=False) from None
+    return out
+
+
+def read_manifest(
+    path: str | os.PathLike[str], *, torn_tail: bool = False, repair: bool = False
+) -> list[tuple[int, ManifestRecord]]:
+    """The records of a manifest, each with its line number (for messages); options as ``read_jsonl``.
+
+    Raises:
+        LineError: a line is not JSON (``syntax``) or not a manifest record (see ``from_dict``).
+    """
+    return _read_records(path, ManifestRecord.from_dict, torn_tail, repair)
+
+
+def read_rejected(
+    path: str | os.PathLike[str], *, torn_tail: bool = False, repair: bool = False
+) -> list[tuple[int, RejectedRecord]]:
+    """The records of a ``rejected.jsonl``, each with its line number; options as ``read_jsonl``.
+
+    Raises:
+        LineError: a line is not JSON (``syntax``) or not a rejected-attempt record.
+    """
+    return _read_records(path, RejectedRecord.from_dict, torn_tail, repair)
+
+
 class JsonlAppender:
-    """Appends JSON lines; each line is written with one ``write`` and fsynced before returning."""
+    """Appends records as JSON lines; each line is written with one ``write`` and fsynced before returning."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -62,8 +319,8 @@ class JsonlAppender:
         if not existed:
             fsync_path(self.path.parent)  # the new directory entry must survive a crash too
 
-    def append(self, record: dict[str, Any]) -> None:
-        data = (dumps(record) + "\n").encode("utf-8")
+    def append(self, record: ManifestRecord | RejectedRecord) -> None:
+        data = (record.to_json() + "\n").encode("utf-8")
         written = os.write(self._fd, data)
         if written != len(data):  # a short write to a regular file means the disk is full
             raise InputError(f"{self.path}: could not append a whole line (disk full?)")
@@ -74,101 +331,8 @@ class JsonlAppender:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-append) is dropped.
-
-    Args:
-        path: the file; a missing file has no records.
-        repair: also cut the torn line off the file itself.
-
-    Raises:
-        InputError: a line other than the last is not a JSON object (the file was edited or damaged).
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline (torn if non-empty)
-    records: list[dict[str, Any]] = []
-    good_bytes = 0
-    for number, line in enumerate(complete, start=1):
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = None
-        if not isinstance(record, dict):
-            if number == len(complete) and not tail:
-                break  # the last line, torn in a way that still ended with a newline
-            raise InputError(
-                f"{path}: line {number} is not a JSON object; the file was edited or damaged "
-                "(restore it, or start over with --force)"
-            )
-        records.append(record)
-        good_bytes += len(line) + 1
-    if repair and good_bytes != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(good_bytes)
-            fh.flush()
-            os.fsync(fh.fileno())
-    return records
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def hash_output(path: Path) -> str | dict[str, str]:
-    """SHA-256 of a file, or for a folder (a DICOM series) a map ``file name -> sha256``, sorted."""
-    path = Path(path)
-    if path.is_dir():
-        return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
-    return sha256_file(path)
-
-
-def listed_paths(records: Iterable[dict[str, Any]]) -> set[str]:
-    """Every ``files`` entry (relative to the output folder) of the given manifest records."""
-    return {rel for r in records for rel in r.get("files", {}).values()}
-
-
-def remove_unlisted(out_dir: Path, listed: set[str]) -> list[Path]:
-    """Delete entries of the format folders that no manifest line lists (a case cut short)."""
-    removed = []
-    for fmt in FORMAT_DIRS:
-        folder = Path(out_dir) / fmt
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):
-            if entry.relative_to(out_dir).as_posix() not in listed:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-                removed.append(entry)
-    return removed
-
-
-def read_run_file(out_dir: Path) -> dict[str, Any] | None:
-    path = Path(out_dir) / RUN_FILE
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not readable JSON ({exc}); start over with --force") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object; start over with --force")
-    return data
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Pretty JSON, written atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")

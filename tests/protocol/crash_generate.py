@@ -37,7 +37,7 @@ def install(kind: str, n: int) -> None:
     def append(self, record):  # type: ignore[no-untyped-def]
         if self.path.name.startswith("manifest"):
             if kind == "mid-append" and due():
-                data = (manifest.dumps(record) + "\n").encode()
+                data = (record.to_json() + "\n").encode()
                 os.write(self._fd, data[: len(data) // 2])
                 os.fsync(self._fd)
                 _die()
