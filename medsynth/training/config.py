@@ -16,14 +16,13 @@ Example (``configs/phantom-2d.yaml`` is a full one)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from medsynth.digest import sha256_json
 from medsynth.errors import InputError
 from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
 from medsynth.strict import StrictModel
@@ -246,7 +245,7 @@ class TrainConfig(StrictModel):
         if stage == "stage1":
             d = {k: d[k] for k in ("data", "preprocessing", "autoencoder", "stage1", "seed", "precision",
                                    "val_every", "early_stopping_patience")}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return sha256_json(d)[:16]
 
 
 def _format_error(source: str, exc: ValidationError) -> str:
