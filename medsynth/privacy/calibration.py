@@ -43,9 +43,7 @@ def quantile_of(scores: np.ndarray, q: float) -> float:
     return float(np.quantile(np.asarray(scores, dtype=np.float64), q, method="higher"))
 
 
-def thresholds(
-    scores: np.ndarray, groups: Sequence[str], quantile: float, min_group_size: int
-) -> dict[str, float]:
+def thresholds(scores: np.ndarray, groups: Sequence[str], quantile: float, min_group_size: int) -> dict[str, float]:
     """``{"pooled": tau, group: tau_group, ...}``; a group appears only with enough holdout scans.
 
     Args:
@@ -59,10 +57,11 @@ def thresholds(
         raise InputError("privacy calibration: the holdout has no scan with a body to compare; need at least one")
     q = check_quantile(quantile)
     out = {POOLED: quantile_of(scores, q)}
-    groups = np.asarray(list(groups), dtype=object)
-    for group, count in sorted(Counter(groups.tolist()).items()):
+    labels = list(groups)
+    label_array = np.asarray(labels, dtype=object)
+    for group, count in sorted(Counter(labels).items()):
         if count >= min_group_size:
-            out[group] = quantile_of(scores[groups == group], q)
+            out[group] = quantile_of(scores[label_array == group], q)
     return out
 
 

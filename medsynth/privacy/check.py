@@ -7,46 +7,30 @@ have to fit in memory; only their feature maps are kept.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsynth.errors import InputError, PrivacyError
 from medsynth.io.scan import Scan
+from medsynth.lazy import LazySequence
 from medsynth.privacy.calibration import check_quantile, flagged_rate_test
-from medsynth.privacy.index import PrivacyIndex, build_index_for_model, check_disjoint
+from medsynth.privacy.catalogs import build_index_for_model, catalog_groups, check_disjoint
+from medsynth.privacy.index import PrivacyIndex
+
+if TYPE_CHECKING:
+    from medsynth.data.catalog import Catalog
 
 
-def _catalog(csv: Path) -> Any:
+def _catalog(csv: Path) -> Catalog:
     from medsynth.data.catalog import Catalog
 
     return Catalog.from_csv(csv)
 
 
-class _Lazy(Sequence):
-    """Scans read on demand by ``load(i)``."""
-
-    def __init__(self, n: int, load: Any) -> None:
-        self.n, self.load = n, load
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return self.load(i % self.n)
-
-    def __iter__(self) -> Iterator[Scan]:
-        return (self.load(i) for i in range(self.n))
-
-
-def _dataset(catalog: Any) -> tuple[Sequence[Scan], list[str], list[str]]:
+def _dataset(catalog: Catalog) -> tuple[Sequence[Scan], list[str], list[str]]:
     """Lazy scans, groups and paths of a catalog."""
-    groups = [f"{r.pathology}/{r.modality}" for r in catalog.records]
-    return _Lazy(len(catalog), catalog.load), groups, [str(r.path) for r in catalog.records]
+    return LazySequence(len(catalog), catalog.load), catalog_groups(catalog), [str(r.path) for r in catalog.records]
 
 
 def _manifest(source: Path) -> tuple[Sequence[Scan], list[str], list[str]]:
@@ -77,7 +61,7 @@ def _manifest(source: Path) -> tuple[Sequence[Scan], list[str], list[str]]:
     def load(i: int) -> Scan:
         return read_scan(entries[i][0], modality=entries[i][1])
 
-    return _Lazy(len(entries), load), [e[2] for e in entries], [e[3] for e in entries]
+    return LazySequence(len(entries), load), [e[2] for e in entries], [e[3] for e in entries]
 
 
 def privacy_check(

@@ -93,7 +93,7 @@ class FeatureConfig:
             raise InputError(f"privacy features: need 8 <= grid <= work; got grid={self.grid}, work={self.work}")
 
     @classmethod
-    def default(cls, spatial_dims: int) -> "FeatureConfig":
+    def default(cls, spatial_dims: int) -> FeatureConfig:
         """32x32 maps from a 64-pixel working grid in 2D; 16^3 from 32^3 in 3D."""
         return cls(spatial_dims, 32, 64) if spatial_dims == 2 else cls(spatial_dims, 16, 32)
 
@@ -101,7 +101,7 @@ class FeatureConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
         return cls(**d)
 
 
@@ -110,6 +110,7 @@ def _canonical(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
     arr = scan.array.mean(axis=0)
     spacing = np.asarray(scan.spacing, dtype=np.float64)
     src = io_orientation(scan.affine)  # per array axis (incl. the 2D normal): world axis, sign
+    codes: tuple[str, ...]
     if scan.spatial_dims == 3:
         codes = _CODES_3D
     else:

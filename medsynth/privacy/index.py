@@ -1,6 +1,6 @@
 """The privacy index: training and holdout feature maps plus the calibrated thresholds.
 
-Built at the end of training (``build_index_for_model``) and stored in ``MODEL_DIR/privacy/``,
+Built at the end of training (``catalogs.build_index_for_model``) and stored in ``MODEL_DIR/privacy/``,
 so generation can gate every case without access to the training scans. It holds no raw
 images and no identifiers: low-resolution, body-standardised float16 feature maps
 (``features.py``), opaque ids such as ``train-00017``, group names ("pathology/modality"),
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,24 +31,14 @@ from safetensors.numpy import load_file, save_file
 from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_path
 from medsynth.io.scan import Scan
-from medsynth.privacy.calibration import (
-    POOLED,
-    check_quantile,
-    empirical_pvalue,
-    group_for,
-    null_scores,
-    thresholds,
-)
+from medsynth.privacy.calibration import check_quantile, empirical_pvalue, group_for, null_scores, thresholds
+from medsynth.privacy.envelope import Envelope
 from medsynth.privacy.features import FeatureConfig, Features, scan_features
-from medsynth.privacy.search import Envelope, FeatureSearch
+from medsynth.privacy.search import FeatureSearch
+from medsynth.privacy.selftest import detector_selftest
 from medsynth.seeding import numpy_rng
 
-__all__ = [
-    "PrivacyIndex",
-    "PrivacyVerdict",
-    "build_index_for_model",
-    "load_index_for_model",
-]
+__all__ = ["PrivacyIndex", "PrivacyVerdict", "load_index_for_model"]
 
 INDEX_VERSION = 1
 INDEX_DIR = "privacy"
@@ -134,7 +124,9 @@ class PrivacyIndex:
         self.train_self_nearest = np.asarray(train_self_nearest, np.int64)
         # The training scans whose nearest other training scan was searched (a sample when large).
         self.train_self_query = (
-            np.arange(len(self.train_self_scores)) if train_self_query is None else np.asarray(train_self_query, np.int64)
+            np.arange(len(self.train_self_scores))
+            if train_self_query is None
+            else np.asarray(train_self_query, np.int64)
         )
         self.quantile = check_quantile(quantile)
         self.min_group_size = int(min_group_size)
@@ -157,7 +149,7 @@ class PrivacyIndex:
         min_group_size: int = 50,
         run_selftest: bool = True,
         duplicates_sample: int = DUPLICATES_SAMPLE,
-    ) -> "PrivacyIndex":
+    ) -> PrivacyIndex:
         """Featurise both sets, search holdout->train and train->train, calibrate, self-test.
 
         Args:
@@ -222,9 +214,14 @@ class PrivacyIndex:
         )
         index._train_search = search
         if run_selftest:
-            from medsynth.privacy.selftest import detector_selftest
-
-            index.selftest = detector_selftest(index, train)
+            index.selftest = detector_selftest(
+                train,
+                train_maps=index.train_maps,
+                train_groups=index.train_groups,
+                thresholds=index.thresholds(),
+                feature_config=cfg,
+                search=search,
+            )
         return index
 
     # -- calibration ----------------------------------------------------------------------
@@ -371,7 +368,7 @@ class PrivacyIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PrivacyIndex":
+    def load(cls, directory: str | Path) -> PrivacyIndex:
         """Read an index written by ``save`` (safetensors + JSON; nothing is unpickled).
 
         Raises:
@@ -388,7 +385,9 @@ class PrivacyIndex:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             t = load_file(str(tensor_path))
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{directory}: unreadable privacy index ({exc}); rebuild it with medsynth privacy-index") from None
+            raise InputError(
+                f"{directory}: unreadable privacy index ({exc}); rebuild it with medsynth privacy-index"
+            ) from None
         if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION:
             version = meta.get("version") if isinstance(meta, dict) else None
             raise InputError(
@@ -405,21 +404,28 @@ class PrivacyIndex:
                 holdout_maps=t["holdout_maps"].astype(np.float32),
                 holdout_groups=meta["holdout_groups"],
                 holdout_scores=t["holdout_scores"],
-                holdout_empty=t["holdout_empty"] if "holdout_empty" in t else None,
+                holdout_empty=t.get("holdout_empty"),
                 train_self_scores=t["train_self_scores"],
                 train_self_nearest=t["train_self_nearest"],
-                train_self_query=t["train_self_query"] if "train_self_query" in t else None,
+                train_self_query=t.get("train_self_query"),
                 quantile=meta["quantile"],
                 min_group_size=meta["min_group_size"],
                 selftest=meta.get("selftest"),
             )
         except (KeyError, TypeError) as exc:
-            raise InputError(f"{directory}: incomplete privacy index (missing {exc}); rebuild it with medsynth privacy-index") from None
+            raise InputError(
+                f"{directory}: incomplete privacy index (missing {exc}); rebuild it with medsynth privacy-index"
+            ) from None
         n_train, n_holdout = len(index.train_ids), len(index.holdout_groups)
         if (len(index.train_maps), len(index.train_groups), len(index.holdout_maps), len(index.holdout_scores)) != (
-            n_train, n_train, n_holdout, n_holdout
+            n_train,
+            n_train,
+            n_holdout,
+            n_holdout,
         ):
-            raise InputError(f"{directory}: inconsistent privacy index (ids, groups and maps differ in number); rebuild it")
+            raise InputError(
+                f"{directory}: inconsistent privacy index (ids, groups and maps differ in number); rebuild it"
+            )
         return index
 
 
@@ -428,75 +434,6 @@ def _first(scans: Sequence[Scan]) -> Scan:
     if not isinstance(scan, Scan):
         raise InputError(f"privacy index: expected medsynth Scans; got {type(scan).__name__}")
     return scan
-
-
-class _ModelGridScans(Sequence):
-    """A catalog's scans put on a model's grid, read one at a time (memory stays flat)."""
-
-    def __init__(self, catalog: Any, model_dir: Path) -> None:
-        from medsynth.data.transforms import Preprocessing
-
-        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        self.pre = Preprocessing.from_dict(cfg["preprocessing"])
-        self.catalog = catalog
-
-    def __len__(self) -> int:
-        return len(self.catalog)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        rec = self.catalog.records[i]
-        # What the model saw: reoriented, resampled, cropped/padded, intensity-clipped.
-        return self.pre.from_model(self.pre.to_model(self.catalog.load(i)), rec.modality)
-
-    def __iter__(self) -> Iterator[Scan]:
-        return (self[i] for i in range(len(self)))
-
-
-def check_disjoint(train: Any, holdout: Any) -> None:
-    """Raise InputError when the training and holdout catalogs share a scan or a subject.
-
-    The error names CSV rows, never the subject ids themselves.
-    """
-    paths = {str(r.path) for r in train.records}
-    same = [i for i, r in enumerate(holdout.records) if str(r.path) in paths]
-    if same:
-        raise InputError(
-            f"privacy: {len(same)} holdout scans are also training scans (holdout rows {[i + 1 for i in same[:5]]}); "
-            "the holdout must hold scans the model never saw"
-        )
-    subjects = {r.subject for r in train.records if r.subject}
-    shared = [i for i, r in enumerate(holdout.records) if r.subject and r.subject in subjects]
-    if shared:
-        raise InputError(
-            f"privacy: {len(shared)} holdout scans come from training subjects (holdout rows "
-            f"{[i + 1 for i in shared[:5]]}); the holdout must be disjoint from training by patient"
-        )
-
-
-def build_index_for_model(model_dir: str | Path, train: Any, holdout: Any, quantile: float = 0.99) -> PrivacyIndex:
-    """Build the index of a model directory from its training and holdout catalogs and save it.
-
-    Scans are put on the model's grid first (as the model saw them and as it generates).
-    Training scans get opaque ids (``train-00000``...): no path or subject reaches the model dir.
-
-    Raises:
-        InputError: not a model directory, overlapping catalogs, unusable scans.
-    """
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"{model_dir}: not a model directory (no config.json)")
-    check_disjoint(train, holdout)
-    index = PrivacyIndex.build(
-        _ModelGridScans(train, model_dir),
-        _ModelGridScans(holdout, model_dir),
-        train_groups=[f"{r.pathology}/{r.modality}" for r in train.records],
-        holdout_groups=[f"{r.pathology}/{r.modality}" for r in holdout.records],
-        quantile=quantile,
-    )
-    index.save(model_dir / INDEX_DIR)
-    return index
 
 
 def load_index_for_model(model_dir: str | Path) -> PrivacyIndex:

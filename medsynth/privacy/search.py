@@ -14,10 +14,10 @@ match everything. Shifts are searched by FFT: both terms are *circular* cross-co
 (``irfft(Q * conj(C))``); the body sits in the middle of the grid with background around it,
 so shifts up to ``max_shift`` pixels wrap only background.
 
-The transform envelope: flips on every spatial axis; zooms from 0.8 to 1.25 in geometric steps
-of 4.6%; rotations of 0, +-5 and +-10 degrees (2D in-plane; 3D about the axial axis, array
-axis 0 of the ``SPL`` maps); shifts up to ``max_shift`` pixels. Pose normalisation has already
-removed most of each (``features.py``), so the search is coarse to fine:
+The transform envelope (``envelope.py``): flips on every spatial axis; zooms from 0.8 to 1.25 in
+geometric steps of 4.6%; rotations of 0, +-5 and +-10 degrees (2D in-plane; 3D about the axial
+axis, array axis 0 of the ``SPL`` maps); shifts up to ``max_shift`` pixels. Pose normalisation
+has already removed most of each (``features.py``), so the search is coarse to fine:
 
 1. **Coarse retrieval.** Thumbnails (16x16 in 2D, 8x8x8 in 3D, box-filtered), zero-mean and
    unit-norm, so an inner product is the NCC at zero shift. Each query is expanded into its
@@ -44,8 +44,10 @@ equally near.
 
 from __future__ import annotations
 
+import importlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,9 +55,10 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from medsynth.errors import InputError
+from medsynth.privacy.envelope import Envelope, Warper, warp
 
 try:  # optional: exact inner-product retrieval at scale; torch matmul gives the same candidates
-    import faiss
+    faiss: Any = importlib.import_module("faiss")
 except ImportError:  # pragma: no cover - depends on the environment
     faiss = None
 
@@ -65,65 +68,6 @@ STENCIL = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 # Rounds of the continuous refinement (the probe halves each round): on the ``refine`` best
 # candidates, then on the leader alone.
 REFINE_ROUNDS = (2, 3)
-
-
-def _default_zooms() -> tuple[float, ...]:
-    # 11 geometric steps from 0.8 to 1.25: each step is 4.6%, within the 5% the issue asks for.
-    return tuple(float(z) for z in np.round(np.geomspace(0.8, 1.25, 11), 4))
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """The edits the search sees through, and its effort.
-
-    Args:
-        zooms: zoom factors (an odd number, the middle one 1.0).
-        rotations: rotation angles in degrees (2D in-plane; 3D about the axial axis).
-        max_shift: largest shift per axis, in feature pixels.
-        k: candidates kept for the shift search (step 3).
-        refine: candidates refined at full resolution (step 4).
-        thumb: thumbnail side (step 1); must divide the map side.
-        min_overlap: least share of a reference's energy the query's field of view must cover.
-        rerank_full: step 2 at full resolution (else on thumbnails: 8x cheaper in 3D).
-    """
-
-    zooms: tuple[float, ...] = field(default_factory=_default_zooms)
-    rotations: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
-    max_shift: int = 4
-    k: int = 16
-    refine: int = 3
-    thumb: int = 16
-    min_overlap: float = 0.5
-    rerank_full: bool = True
-
-    def __post_init__(self) -> None:
-        if len(self.zooms) % 2 == 0 or self.zooms[len(self.zooms) // 2] != 1.0:
-            raise InputError(f"privacy envelope: zooms need an odd count with 1.0 in the middle; got {self.zooms}")
-        if self.k < 1 or self.refine < 1 or self.max_shift < 0:
-            raise InputError(f"privacy envelope: need k >= 1, refine >= 1, max_shift >= 0; got {self}")
-
-    @classmethod
-    def default(cls, spatial_dims: int) -> "Envelope":
-        """The 2D defaults; in 3D (16^3 maps) 8^3 thumbnails, shifts up to 2 pixels, step 2 on thumbnails."""
-        return cls() if spatial_dims == 2 else cls(max_shift=2, thumb=8, rerank_full=False)
-
-    def to_dict(self) -> dict:
-        return {
-            "zooms": list(self.zooms),
-            "rotations": list(self.rotations),
-            "max_shift": self.max_shift,
-            "k": self.k,
-            "refine": self.refine,
-            "thumb": self.thumb,
-            "min_overlap": self.min_overlap,
-            "rerank_full": self.rerank_full,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Envelope":
-        d = dict(d)
-        d["zooms"], d["rotations"] = tuple(d["zooms"]), tuple(d["rotations"])
-        return cls(**d)
 
 
 @dataclass
@@ -139,56 +83,14 @@ class SearchResult:
     ratio: np.ndarray  # (n,) float
     ssim: np.ndarray  # (n,) float
     aligned: np.ndarray  # (n, *grid) float32
-    transform: list[dict]  # per query: flip axes, zoom, rotation (deg), shift (pixels)
-
-
-def _flip_sets(dims: int) -> list[tuple[int, ...]]:
-    """Every subset of spatial axes to flip (4 in 2D, 8 in 3D)."""
-    return [tuple(a for a in range(dims) if (m >> a) & 1) for m in range(2**dims)]
-
-
-_BASE_GRIDS: dict[tuple[int, ...], torch.Tensor] = {}
-
-
-def _affine_grid(thetas: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``F.affine_grid(thetas, [B, C, *size], align_corners=False)`` as one matmul with a cached
-    base grid (3-4x faster on CPU, where affine_grid rebuilds the base grid on every call)."""
-    if size not in _BASE_GRIDS:
-        axes = [(torch.arange(n, dtype=torch.float32) * 2 + 1) / n - 1 for n in size]
-        mesh = torch.meshgrid(*axes, indexing="ij")
-        # grid coordinates are in reversed axis order (x = last axis), then the constant 1
-        _BASE_GRIDS[size] = torch.stack([*mesh[::-1], torch.ones_like(mesh[0])], dim=-1).reshape(-1, len(size) + 1)
-    base = _BASE_GRIDS[size]
-    return (base @ thetas.transpose(1, 2)).reshape(thetas.shape[0], *size, len(size))
-
-
-def _warp(x: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
-    """Variants of each multi-channel map.
-
-    Args:
-        x: (n, ch, *g) maps.
-        thetas: affine_grid matrices, (V, d, d+1) shared by every map or (n, V, d, d+1).
-
-    Returns:
-        (n, V, ch, *g).
-    """
-    n, ch, g = x.shape[0], x.shape[1], tuple(x.shape[2:])
-    v = thetas.shape[-3]
-    if thetas.dim() == 3:  # one sampling grid per variant, shared by every map
-        grid = _affine_grid(thetas, g)
-        grid = grid[None].expand(n, *grid.shape).reshape(n * v, *grid.shape[1:])
-    else:
-        grid = _affine_grid(thetas.reshape(n * v, *thetas.shape[2:]), g)
-    src = x[:, None].expand(n, v, ch, *g).reshape(n * v, ch, *g)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.reshape(n, v, ch, *g)
+    transform: list[dict[str, Any]]  # per query: flip axes, zoom, rotation (deg), shift (pixels)
 
 
 def _pool(x: torch.Tensor, size: int, dims: int) -> torch.Tensor:
     """Box-filter the last ``dims`` axes down to ``size`` per axis."""
     lead = x.shape[:-dims]
     pool = F.adaptive_avg_pool2d if dims == 2 else F.adaptive_avg_pool3d
-    out = pool(x.reshape(-1, 1, *x.shape[-dims:]), (size,) * dims)
+    out = pool(x.reshape(-1, 1, *x.shape[-dims:]), size)  # an int: that size on every axis
     return out.reshape(*lead, *out.shape[2:])
 
 
@@ -237,9 +139,7 @@ class FeatureSearch:
         >>> res.score, res.nearest                                   # doctest: +SKIP
     """
 
-    def __init__(
-        self, maps: np.ndarray, envelope: Envelope, backend: str = "auto", ssim_range: float = 10.0
-    ) -> None:
+    def __init__(self, maps: np.ndarray, envelope: Envelope, backend: str = "auto", ssim_range: float = 10.0) -> None:
         ref = torch.as_tensor(np.asarray(maps, dtype=np.float32))
         if ref.dim() not in (3, 4) or ref.shape[0] == 0 or len(set(ref.shape[1:])) != 1:
             raise InputError(f"privacy search: need (N, *grid) square feature maps, N >= 1; got {tuple(ref.shape)}")
@@ -257,12 +157,11 @@ class FeatureSearch:
         self.thumbs = _pool(ref, env.thumb, d)
         self.desc = self._unit_flat(self.thumbs)
         self.backend = "faiss" if backend != "torch" and faiss is not None else "torch"
-        self._faiss = None
+        self._faiss: Any = None
         if self.backend == "faiss":
             self._faiss = faiss.IndexFlatIP(self.desc.shape[1])
             self._faiss.add(self.desc.numpy())
-        self._flips = _flip_sets(d)
-        self._flip_signs = torch.tensor([[-1.0 if a in f else 1.0 for a in range(d)][::-1] for f in self._flips])
+        self._warper = Warper(d, self.grid)
         nz, nr = len(env.zooms), len(env.rotations)
         self._zooms = torch.tensor(env.zooms)
         self._rots = torch.tensor(env.rotations)
@@ -270,7 +169,9 @@ class FeatureSearch:
         zz, rr = torch.meshgrid(torch.arange(nz), torch.arange(nr), indexing="ij")
         self._grid_z, self._grid_r = zz.reshape(-1), rr.reshape(-1)
         zero = torch.zeros(nz * nr, dtype=torch.long)
-        self._envelope_thetas = self._affine(zero, self._zooms[self._grid_z], self._rots[self._grid_r], torch.zeros(nz * nr, d))
+        self._envelope_thetas = self._warper.thetas(
+            zero, self._zooms[self._grid_z], self._rots[self._grid_r], torch.zeros(nz * nr, d)
+        )
         near = (self._grid_z - nz // 2).abs() <= 1  # the zooms next to 1.0, for step 1
         self._near_one = torch.nonzero(near).flatten()
         self._win = _window(self.grid, d, env.max_shift)
@@ -286,33 +187,6 @@ class FeatureSearch:
         norm = flat.norm(dim=1, keepdim=True)
         return torch.where(norm > 1e-8, flat / norm.clamp_min(1e-8), torch.zeros_like(flat)).contiguous()
 
-    def _affine(self, flip: torch.Tensor, zoom: torch.Tensor, rot: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """affine_grid matrices (B, d, d+1) sampling the query at ``R F (p + s) / z``.
-
-        grid_sample reads the output at ``p`` from the input at ``theta @ p``, in coordinates of
-        reversed array-axis order (x = last axis) where one pixel is ``2 / grid``. ``R`` rotates
-        the last two array axes (the slice in 2D, the axial plane of an ``SPL`` map in 3D), ``F``
-        flips, ``s`` (pixels, array-axis order) shifts so that the query at ``x + s`` lands on
-        the reference at ``x``. Flipping the output of ``R / z`` about the grid centre gives the
-        same variant as ``R F / z`` (so flips can be applied by ``torch.flip``).
-        """
-        d = self.dims
-        c, s = torch.cos(torch.deg2rad(rot)), torch.sin(torch.deg2rad(rot))
-        zero, one = torch.zeros_like(c), torch.ones_like(c)
-        if d == 2:
-            rmat = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-        else:
-            rows = [torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1), torch.stack([zero, zero, one], -1)]
-            rmat = torch.stack(rows, -2)
-        amat = rmat * self._flip_signs[flip][:, None, :] / zoom[:, None, None]
-        offset = amat @ (shift.flip(-1) * (2.0 / self.grid))[..., None]
-        return torch.cat([amat, offset], dim=-1)
-
-    def _flipped(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, ...) -> (n, flips, ...), flipping the last ``dims`` axes."""
-        d = self.dims
-        return torch.stack([torch.flip(x, [a - d for a in f]) if f else x for f in self._flips], dim=1)
-
     # -- steps 1 and 2 -----------------------------------------------------------------------
 
     def _candidates(self, qm: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
@@ -323,7 +197,9 @@ class FeatureSearch:
         """
         n, d = qm.shape[0], self.dims
         # Step 1 variants: thumbnails of every flip x zoom next to 1 x rotation.
-        near = self._flipped(_warp(_pool(qm[:, :1], self.envelope.thumb, d), self._envelope_thetas[self._near_one]))
+        near = self._warper.flipped(
+            warp(_pool(qm[:, :1], self.envelope.thumb, d), self._envelope_thetas[self._near_one])
+        )
         nv = near.shape[1] * near.shape[2]
         desc = self._unit_flat(near.reshape(n * nv, -1)).reshape(n, nv, -1)
         k1 = min(len(self) - int(bool((exclude >= 0).any())), PRESELECT * k)
@@ -349,9 +225,12 @@ class FeatureSearch:
         # Step 2: masked NCC at zero shift, every envelope variant x preselected reference, at
         # full resolution where affordable (2D: thumbnails rank look-alike subjects too coarsely).
         if self.envelope.rerank_full:
-            full, ref = self._flipped(_warp(qm, self._envelope_thetas)), self.maps
+            full, ref = self._warper.flipped(warp(qm, self._envelope_thetas)), self.maps
         else:
-            full, ref = self._flipped(_warp(_pool(qm, self.envelope.thumb, d), self._envelope_thetas)), self.thumbs
+            full, ref = (
+                self._warper.flipped(warp(_pool(qm, self.envelope.thumb, d), self._envelope_thetas)),
+                self.thumbs,
+            )
         nflip, nzr = full.shape[1], full.shape[2]  # (n, flips, zooms x rotations, 2, ...)
         full = full.reshape(n, nflip * nzr, 2, -1)
         ref = ref.reshape(len(self), -1)[pre]  # (n, k1, pixels)
@@ -378,8 +257,10 @@ class FeatureSearch:
         zz = (zi[..., None] + stencil[:, 0]).clamp(0, len(env.zooms) - 1)  # (n, k, S)
         rr = (ri[..., None] + stencil[:, 1]).clamp(0, len(env.rotations) - 1)
         ff = flip[..., None].expand(n, k, ns)
-        thetas = self._affine(ff.reshape(-1), self._zooms[zz.reshape(-1)], self._rots[rr.reshape(-1)], torch.zeros(n * k * ns, d))
-        variants = _warp(qm, thetas.reshape(n, k * ns, d, d + 1))
+        thetas = self._warper.thetas(
+            ff.reshape(-1), self._zooms[zz.reshape(-1)], self._rots[rr.reshape(-1)], torch.zeros(n * k * ns, d)
+        )
+        variants = warp(qm, thetas.reshape(n, k * ns, d, d + 1))
         variants = variants.reshape(n, k, ns, 2, *variants.shape[3:])
         axes = tuple(range(-d, 0))
         mq, m = variants[:, :, :, 0] * variants[:, :, :, 1], variants[:, :, :, 1]
@@ -425,8 +306,10 @@ class FeatureSearch:
         def evaluate(params: torch.Tensor) -> torch.Tensor:  # (b, v, npar) -> (b, v)
             v = params.shape[1]
             flat = params.reshape(b * v, npar)
-            theta = self._affine(flip.repeat_interleave(v), torch.exp(flat[:, 0] * 0.05), flat[:, 1] * 5.0, flat[:, 2:])
-            warped = _warp(qm, theta.reshape(b, v, d, d + 1))  # (b, v, 2, *g)
+            theta = self._warper.thetas(
+                flip.repeat_interleave(v), torch.exp(flat[:, 0] * 0.05), flat[:, 1] * 5.0, flat[:, 2:]
+            )
+            warped = warp(qm, theta.reshape(b, v, d, d + 1))  # (b, v, 2, *g)
             q, m = warped[:, :, 0].flatten(2), warped[:, :, 1].flatten(2)
             mq = m * q
             num = torch.einsum("bcp,bp->bc", mq, c)
@@ -461,14 +344,16 @@ class FeatureSearch:
     def _chunk(self) -> int:
         """Queries per batch, keeping the largest intermediate tensors near 128 MB."""
         env, d = self.envelope, self.dims
-        grid_variants = len(self._flips) * len(env.zooms) * len(env.rotations) * env.thumb**d * 2 * 4
-        step2 = len(self._flips) * len(env.zooms) * len(env.rotations) * PRESELECT * env.k * 4 * 3
+        grid_variants = len(self._warper.flips) * len(env.zooms) * len(env.rotations) * env.thumb**d * 2 * 4
+        step2 = len(self._warper.flips) * len(env.zooms) * len(env.rotations) * PRESELECT * env.k * 4 * 3
         step3 = env.k * len(STENCIL) * self.grid**d * 10 * 4
         step4 = env.refine * (2 * d + 5) * self.grid**d * 2 * 4 * 3
-        step1 = 0 if self._faiss is not None else len(self._flips) * len(self._near_one) * len(self) * 4
+        step1 = 0 if self._faiss is not None else len(self._warper.flips) * len(self._near_one) * len(self) * 4
         return max(1, min(128, int(128e6 // max(grid_variants, step1, step2, step3, step4))))
 
-    def search(self, maps: np.ndarray, fov: np.ndarray | None = None, exclude: np.ndarray | None = None) -> SearchResult:
+    def search(
+        self, maps: np.ndarray, fov: np.ndarray | None = None, exclude: np.ndarray | None = None
+    ) -> SearchResult:
         """Score every query against the reference set.
 
         Args:
@@ -531,8 +416,14 @@ class FeatureSearch:
         b_flip = flip[rows, best]
         # Only the leader goes on, with the finer probes of the remaining rounds.
         score, b_zoom, b_rot, b_shift = self._refine(
-            qm, self.maps[cand[rows, best]], b_flip, zoom[flat], rot[flat], sh[flat],
-            rounds=REFINE_ROUNDS[1], delta=0.5 ** REFINE_ROUNDS[0],
+            qm,
+            self.maps[cand[rows, best]],
+            b_flip,
+            zoom[flat],
+            rot[flat],
+            sh[flat],
+            rounds=REFINE_ROUNDS[1],
+            delta=0.5 ** REFINE_ROUNDS[0],
         )
         dist = (1.0 - s3).clamp_min(0.0)
         others = torch.ones_like(dist, dtype=torch.bool)
@@ -540,7 +431,7 @@ class FeatureSearch:
         mean_other = (dist * others).sum(1) / others.sum(1).clamp_min(1)
         ratio = torch.where(others.any(1), dist[rows, best] / mean_other.clamp_min(1e-12), torch.ones(n))
         nearest = cand[rows, best]
-        warped = _warp(qm, self._affine(b_flip, b_zoom, b_rot, b_shift)[:, None])[:, 0]
+        warped = warp(qm, self._warper.thetas(b_flip, b_zoom, b_rot, b_shift)[:, None])[:, 0]
         aligned, fov = warped[:, 0] * warped[:, 1], warped[:, 1]
         ssim = self._ssim(aligned, self.maps[nearest] * fov)
 
@@ -553,7 +444,7 @@ class FeatureSearch:
         res.aligned[idx] = aligned.numpy()[keep]
         for j in np.nonzero(keep)[0]:
             res.transform[start + j] = {
-                "flip_axes": list(self._flips[int(b_flip[j])]),
+                "flip_axes": list(self._warper.flips[int(b_flip[j])]),
                 "zoom": round(float(b_zoom[j]), 4),
                 "rotation_deg": round(float(b_rot[j]), 2),
                 "shift_px": [round(float(v), 2) for v in b_shift[j]],

@@ -9,17 +9,16 @@ source's group) and matched to its source.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from medsynth.io.scan import Scan
 from medsynth.privacy.calibration import group_for
+from medsynth.privacy.features import FeatureConfig, scan_features
+from medsynth.privacy.search import FeatureSearch
 from medsynth.seeding import numpy_rng
-
-if TYPE_CHECKING:
-    from medsynth.privacy.index import PrivacyIndex
 
 # Edits act on the last two array axes (the slice plane of a 2D scan; rows and columns of each
 # slice of a volume), with the image's minimum (air) filling what moves in.
@@ -60,19 +59,39 @@ def edits(rng: np.random.Generator) -> dict[str, Callable[[np.ndarray], np.ndarr
         "rotated-5deg": lambda a: _rotate(a, 5.0),
         "crop-88%-resized": lambda a: _crop_resize(a, 0.88, rng),
         "flip+shift+noise": lambda a: noise(_shift(np.flip(a, axis=-2), rng)),
-        "rotate+crop+intensity": lambda a: 1.3 * _crop_resize(_rotate(a, -5.0), 0.9, rng) - 0.05 * float(a.max() - a.min()),
+        "rotate+crop+intensity": lambda a: (
+            1.3 * _crop_resize(_rotate(a, -5.0), 0.9, rng) - 0.05 * float(a.max() - a.min())
+        ),
     }
 
 
-def detector_selftest(index: "PrivacyIndex", train: Sequence[Scan], n: int = 12) -> dict[str, Any]:
+def detector_selftest(
+    train: Sequence[Scan],
+    *,
+    train_maps: np.ndarray,
+    train_groups: Sequence[str],
+    thresholds: dict[str, float],
+    feature_config: FeatureConfig,
+    search: FeatureSearch,
+    n: int = 12,
+) -> dict[str, Any]:
     """Recall over edited copies of up to ``n`` training scans (flagged and matched to the source).
+
+    Args:
+        train: the training scans, in index order.
+        train_maps: their feature maps (an all-zero map: no body, never planted).
+        train_groups: their groups, which choose each copy's threshold in ``thresholds``.
+        thresholds: tau per group and pooled (``calibration.thresholds``).
+        feature_config: the settings ``train_maps`` were made with.
+        search: the training maps, ready to be searched.
+        n: most training scans planted.
 
     Returns:
         ``{"planted", "recall", "per_edit": {edit: recall}, "sources"}``.
     """
     rng = numpy_rng("privacy-selftest", len(train))
-    usable = [i for i in range(len(train)) if index.train_maps[i].any()]
-    pick = rng.choice(usable, size=min(n, len(usable)), replace=False) if usable else []
+    usable = [i for i in range(len(train)) if train_maps[i].any()]
+    pick: np.ndarray | list[int] = rng.choice(usable, size=min(n, len(usable)), replace=False) if usable else []
     queries, sources, kinds = [], [], []
     for i in pick:
         scan = train[int(i)]
@@ -83,11 +102,9 @@ def detector_selftest(index: "PrivacyIndex", train: Sequence[Scan], n: int = 12)
             kinds.append(kind)
     if not queries:
         return {"planted": 0, "recall": float("nan"), "per_edit": {}, "sources": 0}
-    feats = index.features(queries)
-    search, _ = index._searches()
+    feats = scan_features(queries, feature_config)
     res = search.search(feats.maps, feats.fov)
-    table = index.thresholds()
-    tau = np.array([table[group_for(index.train_groups[s], table)] for s in sources])
+    tau = np.array([thresholds[group_for(train_groups[s], thresholds)] for s in sources])
     hit = (res.score > tau) & (res.nearest == np.array(sources))
     per_edit = {k: float(np.mean([h for h, kk in zip(hit, kinds) if kk == k])) for k in dict.fromkeys(kinds)}
     return {"planted": len(queries), "recall": float(hit.mean()), "per_edit": per_edit, "sources": len(pick)}
