@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from medsynth.errors import InputError, MedsynthError
 from medsynth.io.nifti import NIFTI_SUFFIXES, peek_nifti_dims, read_nifti, write_nifti
@@ -244,6 +244,13 @@ FORMATS: dict[str, Format] = {
 
 # The preferred file of a case with several: NIfTI, else DICOM, else PNG.
 PREFERENCE: tuple[str, ...] = tuple(FORMATS)
+
+# The names as a type, for pydantic models of protocols and training configs (their error
+# messages and JSON schema list the allowed values). A Literal cannot be built from the
+# registry, so it is written here beside it and checked against it at import.
+FormatName = Literal["nifti", "dicom", "png"]
+if get_args(FormatName) != PREFERENCE:
+    raise RuntimeError(f"io.formats: FormatName {get_args(FormatName)} is out of step with FORMATS {PREFERENCE}")
 
 # Content sniffing checks DICOM first: its 128-byte preamble may legally hold a TIFF header
 # (dual-format files). NIfTI's magic sits at fixed offsets and is checked last.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from medsynth.conditions import Condition, UnknownLabel, Vocabulary, group_key, split_pathologies
 from medsynth.digest import sha256_json
 from medsynth.errors import MedsynthError
+from medsynth.io.formats import FORMATS, get_format
 from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
 from medsynth.seeding import derive_seed
 
@@ -426,11 +427,13 @@ def validate_protocol(path: str | Path, *, out: str | Path | None = None) -> Run
         # Nothing else can be checked without the model's vocabularies.
         raise ProtocolErrors([f"{path}: model: {exc}"]) from None
     method = _check_sampler(errs, ("sampler",), p.sampler.method, p.sampler.steps, model)
-    if "png" in p.output.formats and model.spatial_dims != 2:
-        errs.add(
-            ("output", "formats"),
-            f"png is only for 2D models; model {model.ref} is {model.spatial_dims}D: use dicom and/or nifti",
-        )
+    for fmt in p.output.formats:
+        if model.spatial_dims != 2 and not get_format(fmt).holds_3d:
+            volumetric = " and/or ".join(f.name for f in FORMATS.values() if f.holds_3d)
+            errs.add(
+                ("output", "formats"),
+                f"{fmt} is only for 2D models; model {model.ref} is {model.spatial_dims}D: use {volumetric}",
+            )
     if p.privacy.gate and not model.has_privacy_index:
         errs.add(
             ("privacy", "gate"),

@@ -28,26 +28,26 @@ import difflib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from medsynth.errors import ProtocolError
+from medsynth.io.formats import FormatName
 from medsynth.limits import GUIDANCE_RANGE, MAX_STEPS
 from medsynth.strict import StrictModel
 
 SCHEMA_VERSIONS: tuple[int, ...] = (1,)
-# Sampler and format names as the rest of medsynth spells them (sampling.samplers registry,
-# io.FORMATS); a test checks that these stay in step.
+# Sampler names as the samplers registry spells them (not imported: it needs torch); a test
+# checks that they stay in step. Format names come from the io.formats registry.
 SAMPLER_NAMES: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "rflow")
-FORMAT_NAMES: tuple[str, ...] = ("dicom", "nifti", "png")
+FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
 MAX_GUIDANCE = GUIDANCE_RANGE[1]
 MAX_BATCH = 4096
 MAX_COUNT = 1_000_000  # per quota: a typo such as 10**9 is an error, not an hours-long plan
 
 SamplerName = Literal["ddpm", "ddim", "dpm++", "rflow"]
-FormatName = Literal["dicom", "nifti", "png"]
 
 
 class ProtocolErrors(ProtocolError):

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from medsynth.digest import sha256_json
 from medsynth.errors import InputError
+from medsynth.io.formats import FormatName
 from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
 from medsynth.strict import StrictModel
 
@@ -35,7 +36,7 @@ class PhantomData(StrictModel):
     count: int = Field(ge=8)
     seed: int = 0
     size: int = Field(default=64, ge=16, le=256)
-    fmt: Literal["nifti", "dicom", "png"] = "nifti"
+    fmt: FormatName = "nifti"
 
 
 class DataConfig(StrictModel):
