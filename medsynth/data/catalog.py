@@ -1,7 +1,7 @@
 """Datasets: a folder of scans described by a CSV, with its label vocabularies and splits.
 
-The CSV has the columns ``path,pathology,modality`` and optionally ``split`` and
-``subject`` (no others, so a misspelt column is caught):
+The CSV has the columns ``path,pathology,modality`` and optionally ``split``, ``subject``
+and ``mask`` (no others, so a misspelt column is caught):
 
 * ``path``: a scan file or DICOM series folder, relative to the CSV's folder or absolute.
 * ``pathology``: one label, or several separated by ``|`` (``nodule|effusion``). Labels
@@ -13,10 +13,16 @@ The CSV has the columns ``path,pathology,modality`` and optionally ``split`` and
   ``Catalog.split`` uses it as given.
 * ``subject``: optional; scans of one subject (patient) always land in the same split.
   An empty cell makes the scan its own subject.
+* ``mask``: optional; a lesion mask of the scan, relative like ``path``: a label map on the
+  scan's grid (NIfTI, DICOM SEG, or for 2D a PNG), nonzero where the lesion is (see
+  ``medsynth.io.masks``). An empty cell means no mask. ``Catalog.load_mask`` reads it.
 
 ``from_csv`` checks everything it can without reading pixels, and names the CSV line of
 each problem: columns, empty cells, missing or duplicate paths, a subject spread over two
-splits, and 2D/3D mixing (from file headers, see ``medsynth.io.peek_spatial_dims``).
+splits, 2D/3D mixing (from file headers, see ``medsynth.io.peek_spatial_dims``), and for
+masks a missing file or a shape other than the scan's (``medsynth.io.masks.check_mask_header``).
+Whether a mask lies on its scan's grid, and is empty exactly when the scan is normal, needs
+the pixels: ``load_mask`` checks it.
 """
 
 from __future__ import annotations
@@ -26,59 +32,26 @@ import hashlib
 import io
 import math
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from medsynth.conditions import GROUP_SEPARATOR, PATHOLOGY_SEPARATOR, Condition, group_key
+import numpy as np
+
+from medsynth.conditions import group_key
 from medsynth.conditions import pathology_label as pathology_label  # re-exported: part of the catalog API
-from medsynth.errors import InputError, MedsynthError
-from medsynth.io import peek_spatial_dims, read_scan
+from medsynth.data.dataset_csv import OPTIONAL_COLUMNS as OPTIONAL_COLUMNS  # re-exported with Record
+from medsynth.data.dataset_csv import REQUIRED_COLUMNS, Record, check_dims, read_dataset_csv
+from medsynth.errors import InputError
+from medsynth.io import read_scan
 from medsynth.io.atomic import atomic_write_text
+from medsynth.io.masks import read_mask
 from medsynth.io.scan import Scan
 from medsynth.seeding import numpy_rng
 
-REQUIRED_COLUMNS = ("path", "pathology", "modality")
-OPTIONAL_COLUMNS = ("split", "subject")
+# The pathology of a scan without a lesion: its mask, if it has one, must be empty.
+NORMAL = "normal"
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
-
-# DICOM modality codes are upper-case letters, digits and underscores, at most 16 long (VR CS).
-_MODALITY_RE = re.compile(r"^[A-Z0-9_]{1,16}$")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One scan of a dataset.
-
-    Args:
-        path: absolute path of the scan file or DICOM folder.
-        pathologies: sorted, distinct labels.
-        modality: DICOM modality code.
-        split: the CSV's split value, if the CSV has a ``split`` column.
-        subject: the CSV's subject value, or None (the scan is its own subject).
-    """
-
-    path: Path
-    pathologies: tuple[str, ...]
-    modality: str
-    split: str | None = None
-    subject: str | None = None
-
-    @property
-    def condition(self) -> Condition:
-        return Condition.of(self.pathologies, self.modality)
-
-    @property
-    def pathology(self) -> str:
-        """The class label, e.g. ``"effusion|nodule"``."""
-        return self.condition.label
-
-    @property
-    def group(self) -> str:
-        """The class name, e.g. ``"effusion|nodule/CT"``."""
-        return self.condition.group
 
 
 class Catalog:
@@ -110,31 +83,8 @@ class Catalog:
             InputError: naming the CSV, the line and the problem.
         """
         csv_path = Path(csv_path)
-        if not csv_path.is_file():
-            raise InputError(
-                f"{csv_path}: dataset CSV " + ("is a folder" if csv_path.is_dir() else "does not exist")
-            )
-        root = Path(os.path.abspath(csv_path.parent))
-        rows = _read_rows(csv_path)
-        records, lines = [], []
-        seen: dict[str, int] = {}
-        for line, row in rows:
-            record = _parse_row(row, line, csv_path, root)
-            key = os.path.normcase(str(record.path))
-            if key in seen:
-                raise InputError(
-                    f"{csv_path}: line {line}: path {row['path']!r} is already listed on line "
-                    f"{seen[key]}; list each scan once"
-                )
-            seen[key] = line
-            records.append(record)
-            lines.append(line)
-        if not records:
-            raise InputError(f"{csv_path}: no rows after the header; a dataset needs at least one scan")
-        if "split" in rows[0][1]:
-            _check_subjects_within_one_split(records, lines, csv_path)
-        dims = _check_dims(records, lines, csv_path)
-        return cls(records, root, spatial_dims=dims)
+        records, dims = read_dataset_csv(csv_path)
+        return cls(records, csv_path.parent, spatial_dims=dims)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the catalog as a dataset CSV (atomic). Paths under the CSV's folder are
@@ -146,16 +96,29 @@ class Catalog:
             columns.append("split")
         if any(r.subject is not None for r in self.records):
             columns.append("subject")
+        if self.has_masks:
+            columns.append("mask")
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        for r in self.records:
+
+        def cell(path: Path | None) -> str:
+            if path is None:
+                return ""
             try:
-                cell = r.path.relative_to(folder).as_posix()
+                return path.relative_to(folder).as_posix()
             except ValueError:
-                cell = str(r.path)
-            values = {"path": cell, "pathology": r.pathology, "modality": r.modality,
-                      "split": r.split or "", "subject": r.subject or ""}
+                return str(path)
+
+        for r in self.records:
+            values = {
+                "path": cell(r.path),
+                "pathology": r.pathology,
+                "modality": r.modality,
+                "split": r.split or "",
+                "subject": r.subject or "",
+                "mask": cell(r.mask),
+            }
             writer.writerow([values[c] for c in columns])
         atomic_write_text(path, buffer.getvalue())
         return path
@@ -178,6 +141,11 @@ class Catalog:
     def pathologies(self) -> list[str]:
         """The sorted vocabulary of single pathology labels."""
         return sorted({p for r in self.records for p in r.pathologies})
+
+    @property
+    def has_masks(self) -> bool:
+        """True when at least one scan has a lesion mask (a non-empty ``mask`` cell)."""
+        return any(r.mask is not None for r in self.records)
 
     @property
     def modalities(self) -> list[str]:
@@ -222,6 +190,40 @@ class Catalog:
         scan.metadata.update(pathology=record.pathology, pathologies=list(record.pathologies))
         return scan
 
+    def load_mask(self, i: int, scan: Scan | None = None) -> np.ndarray | None:
+        """The lesion mask of scan ``i`` on the scan's grid: bool ``(1, *scan.shape)``, or None without one.
+
+        Args:
+            i: the record.
+            scan: scan ``i`` when already loaded (``load(i)``); else it is read here, since
+                the mask's grid is checked against the scan's.
+
+        Raises:
+            InputError: the mask cannot be read, lies on another grid (``read_mask``), is
+                empty on a scan with a lesion pathology, or marks voxels on a normal scan.
+
+        Example:
+            >>> scan = cat.load(0); mask = cat.load_mask(0, scan)  # doctest: +SKIP
+        """
+        record = self.records[i]
+        if record.mask is None:
+            return None
+        mask = read_mask(record.mask, scan if scan is not None else self.load(i))
+        marked = int(mask.sum())
+        lesion = any(p != NORMAL for p in record.pathologies)
+        if lesion and marked == 0:
+            raise InputError(
+                f"{record.mask}: the mask of {record.path} is empty, but its pathology is "
+                f"{record.pathology!r}; mark the lesion (nonzero voxels) in the mask, or empty "
+                "the scan's mask cell"
+            )
+        if not lesion and marked:
+            raise InputError(
+                f"{record.mask}: the mask of {record.path} marks {marked} voxel(s), but the scan is "
+                f"{NORMAL!r}, which has no lesion; empty its mask cell or correct its pathology"
+            )
+        return mask
+
     def spatial_dims(self) -> int:
         """2 or 3: the dimensionality every scan shares (from headers; cached).
 
@@ -231,19 +233,29 @@ class Catalog:
         if self._spatial_dims is None:
             if not self.records:
                 raise InputError(f"catalog under {self.root} is empty: it has no dimensionality")
-            self._spatial_dims = _check_dims(self.records, None, self.root)
+            self._spatial_dims = check_dims(self.records, None, self.root)
         return self._spatial_dims
 
     def fingerprint(self) -> dict:
         """Counts per ``"pathology/modality"`` and a SHA-256 of the sorted relative paths.
 
         Only paths relative to ``root`` enter the hash (nothing else about the files), and
-        only counts are listed, so no identifier leaves with it.
+        only counts are listed, so no identifier leaves with it. With masks, ``masks`` (how
+        many scans have one) and ``mask_list_sha256`` (of the sorted scan/mask path pairs)
+        are added; a catalog without masks has exactly the two keys it always had.
         """
-        rel = sorted(Path(os.path.relpath(r.path, self.root)).as_posix() for r in self.records)
-        digest = hashlib.sha256("\n".join(rel).encode("utf-8")).hexdigest()
+
+        def rel(path: Path) -> str:
+            return Path(os.path.relpath(path, self.root)).as_posix()
+
+        digest = hashlib.sha256("\n".join(sorted(rel(r.path) for r in self.records)).encode("utf-8")).hexdigest()
         counts = {group_key(p, m): n for (p, m), n in self.class_counts().items()}
-        return {"counts": counts, "file_list_sha256": digest}
+        out: dict = {"counts": counts, "file_list_sha256": digest}
+        if self.has_masks:
+            pairs = sorted(f"{rel(r.path)}\t{rel(r.mask)}" for r in self.records if r.mask is not None)
+            out["masks"] = len(pairs)
+            out["mask_list_sha256"] = hashlib.sha256("\n".join(pairs).encode("utf-8")).hexdigest()
+        return out
 
     # --- splits --------------------------------------------------------------------------
 
@@ -295,18 +307,14 @@ class Catalog:
             )
             assigned[name].append(key)
             got[name] += 1
-        return {
-            name: self.subset(sorted(i for key in keys for i in subjects[key]))
-            for name, keys in assigned.items()
-        }
+        return {name: self.subset(sorted(i for key in keys for i in subjects[key])) for name, keys in assigned.items()}
 
     def _split_by_column(self) -> dict[str, Catalog]:
         parts: dict[str, list[int]] = {}
         for i, r in enumerate(self.records):
             if r.split is None:
                 raise InputError(
-                    f"{r.path}: has no split value while other scans have one; give every "
-                    "scan a split or none"
+                    f"{r.path}: has no split value while other scans have one; give every scan a split or none"
                 )
             parts.setdefault(r.split, []).append(i)
         return {name: self.subset(idx) for name, idx in parts.items()}
@@ -342,137 +350,7 @@ class Catalog:
         return order
 
 
-# --- CSV parsing helpers -----------------------------------------------------------------
-
-
-def _read_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs with stripped cells; checks the header."""
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the CSV as UTF-8") from exc
-    except OSError as exc:
-        raise InputError(f"{csv_path}: cannot read ({exc.strerror or exc})") from exc
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise InputError(
-                f"{csv_path}: empty CSV; expected a header with columns {', '.join(REQUIRED_COLUMNS)}"
-                f" (optional: {', '.join(OPTIONAL_COLUMNS)})"
-            )
-        header = [h.strip() for h in header]
-        _check_header(header, csv_path)
-        rows = []
-        for cells in reader:
-            line = reader.line_num
-            if not any(c.strip() for c in cells):
-                continue  # blank lines (e.g. a trailing newline from a spreadsheet)
-            if len(cells) != len(header):
-                raise InputError(
-                    f"{csv_path}: line {line}: {len(cells)} cells, but the header has {len(header)} "
-                    f"columns ({', '.join(header)}); quote cells that contain commas"
-                )
-            rows.append((line, {h: c.strip() for h, c in zip(header, cells)}))
-    except csv.Error as exc:
-        raise InputError(f"{csv_path}: line {reader.line_num}: not valid CSV ({exc})") from exc
-    if not rows:
-        raise InputError(f"{csv_path}: no rows after the header; a dataset needs at least one scan")
-    return rows
-
-
-def _check_header(header: list[str], csv_path: Path) -> None:
-    allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-    duplicated = sorted({h for h in header if header.count(h) > 1})
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    unknown = [h for h in header if h not in allowed]
-    problems = []
-    if missing:
-        problems.append(f"missing column(s) {', '.join(missing)}")
-    if unknown:
-        problems.append(f"unknown column(s) {', '.join(repr(u) for u in unknown)}")
-    if duplicated:
-        problems.append(f"repeated column(s) {', '.join(duplicated)}")
-    if problems:
-        raise InputError(
-            f"{csv_path}: header {'; '.join(problems)}; required: {', '.join(REQUIRED_COLUMNS)}; "
-            f"optional: {', '.join(OPTIONAL_COLUMNS)} (lower case)"
-        )
-
-
-def _parse_row(row: dict[str, str], line: int, csv_path: Path, root: Path) -> Record:
-    where = f"{csv_path}: line {line}"
-    for column in REQUIRED_COLUMNS:
-        if not row[column]:
-            raise InputError(f"{where}: empty {column!r} cell; every scan needs a {column}")
-    if "split" in row and not row["split"]:
-        raise InputError(f"{where}: empty 'split' cell; with a split column every scan needs a split")
-    cell = row["path"]
-    given = Path(cell).expanduser()
-    path = Path(os.path.normpath(given if given.is_absolute() else root / given))
-    if not path.exists():
-        raise InputError(
-            f"{where}: path {cell!r} does not exist (looked for {path}); paths are relative to "
-            "the CSV's folder or absolute"
-        )
-    labels = [p.strip() for p in row["pathology"].split(PATHOLOGY_SEPARATOR)]
-    if any(not p for p in labels):
-        raise InputError(
-            f"{where}: pathology {row['pathology']!r} has an empty label; separate several labels "
-            f"with a single {PATHOLOGY_SEPARATOR!r}, e.g. 'nodule|effusion'"
-        )
-    if len(set(labels)) != len(labels):
-        raise InputError(f"{where}: pathology {row['pathology']!r} repeats a label; list each once")
-    bad = [p for p in labels if GROUP_SEPARATOR in p]
-    if bad:
-        raise InputError(f"{where}: pathology label {bad[0]!r} contains '/', which names classes (pathology/modality); rename it")
-    modality = row["modality"].upper()
-    if not _MODALITY_RE.match(modality):
-        raise InputError(
-            f"{where}: modality {row['modality']!r} is not a DICOM modality code (letters, digits "
-            "or _, at most 16, e.g. CT, MR, CR)"
-        )
-    return Record(
-        path=path,
-        pathologies=tuple(sorted(labels)),
-        modality=modality,
-        split=row.get("split") or None,
-        subject=row.get("subject") or None,
-    )
-
-
-def _check_subjects_within_one_split(records: list[Record], lines: list[int], csv_path: Path) -> None:
-    """A subject in two splits leaks between training and evaluation data."""
-    first: dict[str, tuple[str, int]] = {}
-    for r, line in zip(records, lines):
-        if r.subject is None:
-            continue
-        split, line0 = first.setdefault(r.subject, (r.split, line))
-        if split != r.split:
-            # The subject value itself is not printed: it may be a patient identifier.
-            raise InputError(
-                f"{csv_path}: lines {line0} and {line} give the same subject the splits "
-                f"{split!r} and {r.split!r}; one subject's scans must share a split"
-            )
-
-
-def _check_dims(records: list[Record], lines: list[int] | None, where: Path) -> int:
-    """The one dimensionality of all records, from headers; InputError when they mix."""
-    first: dict[int, str] = {}
-    for k, r in enumerate(records):
-        line = f"line {lines[k]}: " if lines else ""
-        try:
-            dims = peek_spatial_dims(r.path)
-        except MedsynthError as exc:
-            raise InputError(f"{where}: {line}{exc}") from exc
-        label = f"{line}{r.path}"
-        first.setdefault(dims, label)
-        if len(first) > 1:
-            raise InputError(
-                f"{where}: mixes 2D and 3D scans ({first[2]} is 2D; {first[3]} is 3D); "
-                "a dataset must be all 2D or all 3D: split it into two CSVs"
-            )
-    return next(iter(first))
+# --- split helpers ---------------------------------------------------------------------
 
 
 def _check_fractions(fractions: dict[str, float]) -> None:

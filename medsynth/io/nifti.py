@@ -145,8 +145,8 @@ def read_nifti(path: str | os.PathLike[str], modality: str | None = None) -> Sca
         raise file_error(path, f"unusable geometry in the header: {exc}") from exc
 
 
-def peek_nifti_dims(path: str | os.PathLike[str]) -> int:
-    """2 or 3, from the header's shape alone (no voxel data), as ``read_nifti`` would read it."""
+def peek_nifti_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The spatial shape ``read_nifti`` would give, from the header alone (no voxel data)."""
     import nibabel as nib
 
     path = Path(path)
@@ -155,7 +155,12 @@ def peek_nifti_dims(path: str | os.PathLike[str]) -> int:
             shape = load_image(path).shape
     except Exception as exc:  # malformed headers raise many types; see read_nifti
         raise file_error(path, f"not a readable NIfTI file ({exc})") from exc
-    return len(_spatial_data(shape, path))
+    return _spatial_data(shape, path)
+
+
+def peek_nifti_dims(path: str | os.PathLike[str]) -> int:
+    """2 or 3, from the header's shape alone (no voxel data), as ``read_nifti`` would read it."""
+    return len(peek_nifti_shape(path))
 
 
 def _with_slice_normal(affine: np.ndarray) -> np.ndarray:
@@ -196,8 +201,6 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
     Returns:
         The path written.
     """
-    import nibabel as nib
-
     path = Path(path)
     if not is_nifti_path(path):
         raise InputError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
@@ -207,12 +210,34 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
             "per file: write each channel separately"
         )
     data = scan.array[0]
-    if scan.spatial_dims == 2:
-        data = data[:, :, None]
     data = data.astype(np.int16) if scan.modality == "CT" and _fits_int16(data) else data.astype(np.float32)
-    img = nib.Nifti1Image(data, scan.affine)
-    img.set_sform(scan.affine, code=1)
-    img.set_qform(scan.affine, code=1)
+    return write_nifti_array(data, scan.affine, path)
+
+
+def write_nifti_array(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a spatial array (2D or 3D, stored as its own dtype) on a ``Scan`` affine; atomic.
+
+    The one place that lays out medsynth's NIfTI files: ``write_nifti`` (scans) and
+    ``medsynth.io.masks.write_mask_nifti`` (uint8 label maps) both write through it, so a
+    mask's header carries exactly the geometry of its scan's. A 2D array is written as
+    ``(X, Y, 1)`` so the slice plane and thickness survive; qform = sform = ``affine``
+    (codes 1), units mm and seconds, no intensity scaling.
+
+    Args:
+        data: ``(X, Y)`` or ``(X, Y, Z)``.
+        affine: the 4x4 index -> RAS+ matrix of a ``Scan`` with that spatial shape.
+        path: destination ending in ``.nii`` or ``.nii.gz``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InputError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    if data.ndim == 2:
+        data = data[:, :, None]
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
     img.header.set_slope_inter(1.0, 0.0)
     with atomic_path(path) as tmp:

@@ -88,6 +88,19 @@ def read_png(path: str | os.PathLike[str], modality: str = "OT") -> Scan:
     return Scan(gray[None], DISPLAY_AFFINE.copy(), modality, {"source_format": source})
 
 
+def peek_image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(rows, columns)`` of a PNG/TIFF/JPEG image from its header (Pillow decodes lazily)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception as exc:  # Pillow raises many types for malformed files; see _read_gray
+        raise file_error(path, f"not a readable image ({_short(exc)})") from exc
+    return int(height), int(width)
+
+
 def _read_gray(path: Path) -> np.ndarray:
     """Pixels as a 2D float32 array of grey values (luminance for colour)."""
     tiff_error = None
