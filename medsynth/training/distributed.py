@@ -1,8 +1,7 @@
-"""torchrun support: process group, DDP wrapping, per-rank batches, rank-0-only side effects.
+"""Training's side of torchrun: DDP wrapping, collectives on losses, per-rank batches, balanced classes.
 
-One process runs as a world of size 1 with the same code path. Under ``torchrun`` the
-environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...) selects the rank;
-the backend is NCCL on GPUs and gloo on CPU. Each rank draws its batch from
+Who this process is and its device (``DistContext``, ``init_distributed``, ``barrier``) are
+``medsynth.distributed``, shared with generation. Each rank draws its batch from
 ``torch.utils.data.DistributedSampler`` (disjoint shards of one seeded permutation per epoch).
 """
 
@@ -10,62 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from medsynth.conditions import group_key
+from medsynth.distributed import DistContext
 
-@dataclass
-class DistContext:
-    """Who this process is."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialised_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def init_distributed(device: str = "auto") -> DistContext:
-    """Join the torchrun process group if the environment asks for one; else a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    ctx = DistContext(rank, world, local_rank, dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        ctx.initialised_here = True
-    return ctx
-
-
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group if ``init_distributed`` joined it."""
-    if ctx.initialised_here and dist.is_initialized():
-        dist.destroy_process_group()
+__all__ = ["BatchOrder", "DistContext", "any_rank", "balanced_items", "class_keys", "mean_across_ranks", "wrap"]
 
 
 def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
@@ -74,15 +27,6 @@ def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
         return module
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
 
 
 def mean_across_ranks(value: float, ctx: DistContext) -> float:
@@ -119,8 +63,14 @@ class BatchOrder:
         n = len(self.items)
         if n < batch_size * ctx.world_size:
             raise ValueError(f"{n} training items are fewer than one batch ({batch_size} x {ctx.world_size} ranks)")
-        self.sampler = DistributedSampler(
-            range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        # DistributedSampler takes only len() of its dataset, so a range stands in for one.
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(n),  # type: ignore[arg-type]
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
         )
         self.batch_size = batch_size
         self.grad_accum = grad_accum
@@ -139,8 +89,8 @@ class BatchOrder:
 
 
 def class_keys(pathologies: Sequence[str | Sequence[str]], modalities: Sequence[str]) -> list[str]:
-    """``"pathology/modality"`` per item (several pathologies joined with ``|``), for ``balanced_items``."""
-    return [f"{p if isinstance(p, str) else '|'.join(p)}/{m}" for p, m in zip(pathologies, modalities, strict=True)]
+    """The group key (``nodule/CT``, see ``medsynth.conditions``) of each item, for ``balanced_items``."""
+    return [group_key(p, m) for p, m in zip(pathologies, modalities, strict=True)]
 
 
 def balanced_items(classes: Sequence[str]) -> list[int]:

@@ -32,9 +32,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from medsynth.distributed import DistContext, barrier
 from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_path
-from medsynth.training.distributed import DistContext, any_rank, barrier
+from medsynth.training.distributed import any_rank
 
 
 @dataclass

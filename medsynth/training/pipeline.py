@@ -24,6 +24,7 @@ import yaml
 from medsynth import __version__
 from medsynth.data.catalog import Catalog
 from medsynth.data.transforms import Preprocessing
+from medsynth.distributed import DistContext, barrier, init_distributed, shutdown
 from medsynth.errors import InputError
 from medsynth.io.atomic import write_json
 from medsynth.models.artifact import save_model
@@ -32,7 +33,7 @@ from medsynth.privacy import build_index_for_model
 from medsynth.training.autoencoder import build_stage1
 from medsynth.training.config import TrainConfig, load_config
 from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
-from medsynth.training.distributed import DistContext, barrier, class_keys, init_distributed, shutdown
+from medsynth.training.distributed import class_keys
 from medsynth.training.loop import RunContext, resolve_precision, run_stage
 
 CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
