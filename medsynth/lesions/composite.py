@@ -3,7 +3,7 @@
 The guarantee that makes inserted cases useful for training: outside the lesion mask dilated by
 ``margin`` voxels (a Euclidean ball, at most ``MAX_MARGIN``), every voxel of the result is the
 background's own value, bit for bit; inside the mask it is the lesion's; in between the two are
-blended with a weight that falls smoothly from 1 at the mask to 0 at the margin.
+blended with a weight that falls smoothly from 1 at the mask to 0 at the margin (``blend_weight``).
 
 Example:
     >>> bg = np.zeros((1, 8, 8), np.float32); fg = np.ones_like(bg)
@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,12 +34,14 @@ def _check_margin(margin: int) -> int:
 
 
 def blend_weight(mask: np.ndarray, margin: int, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """The lesion's weight per voxel: 1 in ``mask``, a cosine taper over the margin, 0 beyond.
+    """The lesion's weight per voxel: 1 in ``mask``, a cosine taper of the distance outside it, 0 beyond.
 
-    The band is the voxels within ``margin`` voxels of the mask (Euclidean, in voxels); inside
-    it the weight is ``0.5 * (1 + cos(pi * d / ((margin + 1) * min(spacing))))`` of the distance
-    ``d`` in mm, so the taper is isotropic in the patient even on anisotropic voxels and is still
-    above 0 on the band's last voxel along the finest axis.
+    ``w = 0.5 * (1 + cos(pi * d / R))`` for the distance ``d`` (mm) to the mask, zero from
+    ``R = sqrt(margin**2 + 1) * min(spacing)`` on. ``R`` is the smallest distance a voxel more
+    than ``margin`` voxels from the mask can have (``d >= min(spacing) * voxel distance``, and
+    voxel distances are square roots of integers), so the weight is a function of the physical
+    distance alone, isotropic in the patient even on anisotropic voxels, and still zero on every
+    voxel beyond the band of ``margin`` voxels.
 
     Args:
         mask: boolean lesion mask on the spatial grid.
@@ -50,10 +53,12 @@ def blend_weight(mask: np.ndarray, margin: int, spacing: Sequence[float] | None 
     """
     margin = _check_margin(margin)
     mask = np.asarray(mask, bool)
-    d_vox = distance_outside(mask)
-    d_mm = d_vox if spacing is None else distance_outside(mask, tuple(float(s) for s in spacing))
-    unit = (margin + 1) * (1.0 if spacing is None else min(float(s) for s in spacing))
-    w = np.where(d_vox <= margin, 0.5 * (1.0 + np.cos(np.pi * np.minimum(d_mm / unit, 1.0))), 0.0)
+    sp = None if spacing is None else tuple(float(s) for s in spacing)
+    d = distance_outside(mask, sp)
+    reach = math.sqrt(margin**2 + 1) * (1.0 if sp is None else min(sp))
+    x = d / reach
+    # ``x < 1 - 1e-9``: an EDT rounded a hair below R must not leave a 1e-16 weight beyond the band
+    w = np.where(x < 1.0 - 1e-9, 0.5 * (1.0 + np.cos(np.pi * np.minimum(x, 1.0))), 0.0)
     w[mask] = 1.0
     return w.astype(np.float32)
 
