@@ -6,7 +6,6 @@ have to fit in memory; only their feature maps are kept.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,26 +34,32 @@ def _dataset(catalog: Catalog) -> tuple[Sequence[Scan], list[str], list[str]]:
 
 def _manifest(source: Path) -> tuple[Sequence[Scan], list[str], list[str]]:
     """Lazy scans, groups and case ids of a medsynth output directory (its manifest.jsonl)."""
+    from medsynth.conditions import group_key
     from medsynth.io import read_scan
+    from medsynth.protocol.manifest import MANIFEST, LineError, read_manifest
 
-    manifest = source / "manifest.jsonl"
+    manifest = source / MANIFEST
     if not manifest.is_file():
         raise InputError(f"{source}: not a medsynth output directory (no manifest.jsonl); pass a dataset CSV instead")
+
+    def bad_line(n: int, detail: str) -> InputError:
+        return InputError(
+            f"{manifest}: line {n} is not a manifest line with case_id, pathology, modality and "
+            f"files {{nifti|dicom|png: path}} ({detail})"
+        )
+
+    try:
+        records = read_manifest(manifest)
+    except LineError as exc:
+        raise bad_line(exc.line, exc.detail) from None
     entries = []
-    for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            files = rec["files"]
-            # NIfTI first: float values as generated; then DICOM; PNG (8-bit, windowed) last.
-            rel = next(files[f] for f in ("nifti", "dicom", "png") if f in files)
-            entries.append((source / rel, str(rec["modality"]), f"{rec['pathology']}/{rec['modality']}", str(rec["case_id"])))
-        except (ValueError, KeyError, TypeError, StopIteration) as exc:
-            raise InputError(
-                f"{manifest}: line {n} is not a manifest line with case_id, pathology, modality and "
-                f"files {{nifti|dicom|png: path}} ({type(exc).__name__}: {exc})"
-            ) from None
+    for n, rec in records:
+        if rec.case_id is None:
+            raise bad_line(n, "case_id missing")
+        # The preferred file: NIfTI (float values as generated), else DICOM, else the 8-bit PNG.
+        entries.append(
+            (source / rec.preferred_file(), rec.modality, group_key(rec.pathology, rec.modality), rec.case_id)
+        )
     if not entries:
         raise InputError(f"{manifest}: no cases listed; nothing to check")
 
