@@ -2,8 +2,9 @@
 
 A position is the corner offset of the lesion crop in the scan's spatial array (index of the
 crop's first voxel along each axis). It is valid when every lesion voxel lies in the region's
-mask and the lesion dilated by ``margin`` voxels (the band that ``composite`` blends over) lies
-in the body and on the image, so a lesion never crosses the body outline.
+mask, the crop lies on the image, and the lesion dilated by ``margin`` voxels (the band that
+``composite`` blends over) lies in the body and on the image, so a lesion never crosses the body
+outline.
 
 Example:
     >>> import numpy as np
@@ -61,12 +62,11 @@ def valid_offsets(lesion_mask: np.ndarray, region: Region, *, margin: int = 3) -
     hi = np.minimum([s.stop for s in box[0]] + size + margin, shape)
     window = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     in_region = _fits(region.mask[window], lesion)
-    in_body = _fits(region.body[window], dilate(np.pad(lesion, margin), margin))
-    if in_body.size == 0:
-        return valid
-    # in_body is indexed by the corner of the padded crop, margin voxels before the lesion's corner
-    fit = in_region[tuple(slice(margin, margin + n) for n in in_body.shape)] & in_body
-    valid[tuple(slice(a + margin, a + margin + n) for a, n in zip(lo, fit.shape, strict=True))] = fit
+    # The body padded with margin False voxels (off the image is outside the body), against the
+    # crop padded by the margin and dilated: both are then indexed by the same corner.
+    in_body = _fits(np.pad(region.body[window], margin), dilate(np.pad(lesion, margin), margin))
+    if in_region.size:
+        valid[tuple(slice(a, a + n) for a, n in zip(lo, in_region.shape, strict=True))] = in_region & in_body
     return valid
 
 

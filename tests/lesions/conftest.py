@@ -43,7 +43,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _phantom(dim: int, modality: str, seed: int, size: int):
     """A normal phantom scan and its tissue label map (spatial), rendered once per test session."""
     from medsynth.data.phantoms import make_phantom, phantom_labels
