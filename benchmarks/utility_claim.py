@@ -143,20 +143,16 @@ def train_model() -> Path:
 
 
 def ensure_privacy_index(model: Path) -> bool:
-    """True when the model has a privacy index, building it now if training ran before
-    ``medsynth.privacy`` could (same catalogs as training: train split vs holdout split)."""
+    """True when the model has a privacy index, building it now if it has none (same
+    catalogs as training: train split vs holdout split)."""
     if (model / "privacy").is_dir() and any((model / "privacy").iterdir()):
         return True
-    import medsynth.privacy as privacy
-
-    build = getattr(privacy, "build_index_for_model", None)
-    if build is None:
-        return False
     from medsynth.data.catalog import Catalog
+    from medsynth.privacy import build_index_for_model
 
     parts = Catalog.from_csv(WORK / "data" / "gen_train.csv").split()
     log("privacy index: building it for the model")
-    build(model, parts["train"], parts["test"])
+    build_index_for_model(model, parts["train"], parts["test"])
     return True
 
 

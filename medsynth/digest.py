@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     update_from_file(h, path)
     return h.hexdigest()
+
+
+def sha256_lines(lines: Iterable[str]) -> str:
+    """Hex SHA-256 of ``lines`` joined by newlines (UTF-8), for lists of relative paths."""
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def sha256_json(data: Any) -> str:

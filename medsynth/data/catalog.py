@@ -28,7 +28,6 @@ the pixels: ``load_mask`` checks it.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -42,6 +41,7 @@ from medsynth.conditions import group_key
 from medsynth.conditions import pathology_label as pathology_label  # re-exported: part of the catalog API
 from medsynth.data.dataset_csv import OPTIONAL_COLUMNS as OPTIONAL_COLUMNS  # re-exported with Record
 from medsynth.data.dataset_csv import REQUIRED_COLUMNS, Record, check_dims, read_dataset_csv
+from medsynth.digest import sha256_lines
 from medsynth.errors import InputError
 from medsynth.io import read_scan
 from medsynth.io.atomic import atomic_write_text
@@ -248,13 +248,13 @@ class Catalog:
         def rel(path: Path) -> str:
             return Path(os.path.relpath(path, self.root)).as_posix()
 
-        digest = hashlib.sha256("\n".join(sorted(rel(r.path) for r in self.records)).encode("utf-8")).hexdigest()
+        digest = sha256_lines(sorted(rel(r.path) for r in self.records))
         counts = {group_key(p, m): n for (p, m), n in self.class_counts().items()}
         out: dict = {"counts": counts, "file_list_sha256": digest}
         if self.has_masks:
             pairs = sorted(f"{rel(r.path)}\t{rel(r.mask)}" for r in self.records if r.mask is not None)
             out["masks"] = len(pairs)
-            out["mask_list_sha256"] = hashlib.sha256("\n".join(pairs).encode("utf-8")).hexdigest()
+            out["mask_list_sha256"] = sha256_lines(pairs)
         return out
 
     # --- splits --------------------------------------------------------------------------
