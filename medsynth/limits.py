@@ -35,22 +35,22 @@ def check_seed(seed: object) -> int:
 
 def check_steps(num_inference_steps: object, num_train_timesteps: int) -> int:
     """``num_inference_steps`` as an int in ``[1, num_train_timesteps]``, or an ``InputError``."""
-    ok = isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)
-    if not ok or not 1 <= num_inference_steps <= num_train_timesteps:  # type: ignore[operator]
+    n = num_inference_steps
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= int(n) <= num_train_timesteps:
         raise InputError(
             f"num_inference_steps={num_inference_steps!r}: expected an integer from 1 to "
             f"{num_train_timesteps} (the model's training timesteps); 20 is a good default"
         )
-    return int(num_inference_steps)  # type: ignore[arg-type]
+    return int(n)
 
 
 def check_guidance(guidance_scale: object, default: float) -> float:
     """``guidance_scale`` as a float in ``GUIDANCE_RANGE``, or an ``InputError`` that names ``default``."""
     lo, hi = GUIDANCE_RANGE
-    ok = isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, bool)
-    if not ok or not math.isfinite(guidance_scale) or not lo <= guidance_scale <= hi:  # type: ignore[arg-type]
+    g = guidance_scale
+    if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g) or not lo <= float(g) <= hi:
         raise InputError(
             f"guidance_scale={guidance_scale!r}: expected a number in [{lo:g}, {hi:g}] "
             f"(1 = no guidance; this model's default is {default:g})"
         )
-    return float(guidance_scale)  # type: ignore[arg-type]
+    return float(g)

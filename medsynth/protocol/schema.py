@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -90,6 +91,10 @@ class _Strict(StrictModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+def _default_formats() -> list[FormatName]:
+    return ["nifti"]
+
+
 class OutputSpec(_Strict):
     """Where and in which formats cases are written."""
 
@@ -99,7 +104,7 @@ class OutputSpec(_Strict):
         "`medsynth generate --out` overrides it.",
     )
     formats: list[FormatName] = Field(
-        default_factory=lambda: ["nifti"],
+        default_factory=_default_formats,
         min_length=1,
         description="Any of dicom, nifti, png (png only for 2D models).",
     )
@@ -320,7 +325,7 @@ _EXPECTED = {
 }
 
 
-def describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: Mapping[str, Any]) -> str:
     """One line for one pydantic error: the field path, the value and what is allowed."""
     loc = tuple(err["loc"])
     kind = err["type"]
