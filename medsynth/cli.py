@@ -345,11 +345,17 @@ def _phantoms(
     fmt: str = typer.Option("nifti", "--format", help=f"{_FORMAT_CHOICES}."),
     seed: int = typer.Option(0, "--seed", help="Dataset seed; a different seed gives different subjects."),
     size: int = typer.Option(64, "--size", help="Voxels per axis, 32..256 (field of view 350 mm)."),
+    masks: bool = typer.Option(
+        False,
+        "--masks",
+        help="Also write each lesion's mask beside its scan (NIfTI label map; PNG for --format png) "
+        "and a mask column in labels.csv.",
+    ),
 ) -> None:
     """Write built-in chest phantoms (CT and MR; normal, nodule, mass, effusion) and labels.csv."""
     from medsynth.data.phantoms import phantom_dataset
 
-    labels = phantom_dataset(out, dim=dim, count=count, fmt=fmt, seed=seed, size=size)
+    labels = phantom_dataset(out, dim=dim, count=count, fmt=fmt, seed=seed, size=size, masks=masks)
     typer.echo(f"wrote {count} {dim}D phantoms ({fmt}, {size}^{dim}) to {out}; labels: {labels}")
 
 

@@ -67,7 +67,6 @@ def test_mask_column_happy_path_3d(tmp_path, dataset_3d):
 
 
 def test_without_masks_nothing_changes(tmp_path, dataset_3d):
-    csv_path, _ = dataset_3d
     plain = _csv(tmp_path, ["a.nii.gz,nodule,CT", "b.nii.gz,normal,CT"], header="path,pathology,modality")
     cat = Catalog.from_csv(plain)
     assert not cat.has_masks and cat.load_mask(0) is None
@@ -120,7 +119,9 @@ def test_empty_mask_on_a_lesion_row_is_an_error(tmp_path, dataset_3d):
     _, shape = dataset_3d
     write_mask_nifti(np.zeros(shape, bool), _scan(shape), tmp_path / "masks" / "a.nii.gz")
     cat = Catalog.from_csv(tmp_path / "labels.csv")
-    with pytest.raises(InputError, match=r"masks/a.nii.gz: the mask of .*a.nii.gz is empty, but its pathology is 'nodule'"):
+    with pytest.raises(
+        InputError, match=r"masks/a.nii.gz: the mask of .*a.nii.gz is empty, but its pathology is 'nodule'"
+    ):
         cat.load_mask(0)
 
 

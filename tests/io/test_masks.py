@@ -170,7 +170,9 @@ def test_outline_png_draws_the_mask_boundary_over_the_scan(tmp_path, request, wh
 
 def _seg_case(tmp_path, scan: Scan, mask: np.ndarray):
     write_dicom(scan, tmp_path / "dicom", case_id="seg-1")
-    path = write_seg(mask, tmp_path / "dicom", tmp_path / "seg.dcm", pathology="nodule", like=scan, content_datetime=STAMP)
+    path = write_seg(
+        mask, tmp_path / "dicom", tmp_path / "seg.dcm", pathology="nodule", like=scan, content_datetime=STAMP
+    )
     return path, pydicom.dcmread(path), pydicom.dcmread(sorted((tmp_path / "dicom").iterdir())[0])
 
 
@@ -207,8 +209,9 @@ def test_seg_stores_only_lesion_frames_and_is_reproducible(tmp_path, ct_volume):
     path, seg, _ = _seg_case(tmp_path, ct_volume, mask)
     assert int(seg.NumberOfFrames) == 1
     assert np.array_equal(read_mask(path, like=ct_volume)[0], mask)
-    again = write_seg(mask, tmp_path / "dicom", tmp_path / "again.dcm", pathology="nodule", like=ct_volume,
-                      content_datetime=STAMP)
+    again = write_seg(
+        mask, tmp_path / "dicom", tmp_path / "again.dcm", pathology="nodule", like=ct_volume, content_datetime=STAMP
+    )
     assert again.read_bytes() == path.read_bytes()
 
 

@@ -24,7 +24,8 @@ one module a step:
    for MR) come last; the noise depends on the seed, not on the pathology, so a diseased
    phantom minus its normal twin is exactly the lesion.
 
-``dataset`` writes many phantoms, one subject each, with a labels.csv (``phantom_dataset``).
+``dataset`` writes many phantoms, one subject each, with a labels.csv (``phantom_dataset``),
+and on request each one's lesion mask (``phantom_lesion_mask``) with a mask column.
 
 Geometry follows ``medsynth.io.scan``: the field of view is 350 mm, spacing ``350/size`` mm on
 every axis; rows run posterior (-y), columns to the patient's left (-x) (radiological display);
@@ -44,6 +45,7 @@ from medsynth.data.phantoms.canvas import TISSUE_NAMES, TISSUES
 from medsynth.data.phantoms.dataset import LABEL_COLUMNS, phantom_dataset
 from medsynth.data.phantoms.render import (
     FOV_MM,
+    LESION_TISSUES,
     MAX_SIZE,
     MIN_SIZE,
     MODALITIES,
@@ -52,11 +54,13 @@ from medsynth.data.phantoms.render import (
     make_phantom,
     parse_pathologies,
     phantom_labels,
+    phantom_lesion_mask,
 )
 
 __all__ = [
     "FOV_MM",
     "LABEL_COLUMNS",
+    "LESION_TISSUES",
     "MAX_SIZE",
     "MIN_SIZE",
     "MODALITIES",
@@ -68,4 +72,5 @@ __all__ = [
     "parse_pathologies",
     "phantom_dataset",
     "phantom_labels",
+    "phantom_lesion_mask",
 ]

@@ -2,8 +2,9 @@
 
 ``phantom_dataset`` decides each case's class (balanced round robin, or exact per-class
 counts), subject seed and split, renders it with ``make_phantom`` and writes it in one of the
-``medsynth.io.formats`` formats; labels.csv, written last, is a dataset CSV that
-``medsynth.data.catalog.Catalog.from_csv`` reads as it stands.
+``medsynth.io.formats`` formats, with its lesion mask beside it when asked (``masks=True``);
+labels.csv, written last, is a dataset CSV that ``medsynth.data.catalog.Catalog.from_csv``
+reads as it stands.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from medsynth.data.phantoms.render import (
     check_modality,
     make_phantom,
     parse_pathologies,
+    phantom_lesion_mask,
 )
 from medsynth.errors import InputError
 from medsynth.io import write_scan
 from medsynth.io.atomic import atomic_write_text
 from medsynth.io.formats import FORMATS, get_format
+from medsynth.io.masks import write_mask_nifti, write_mask_png
+from medsynth.io.scan import Scan
 from medsynth.seeding import derive_seed, numpy_rng
 
 LABEL_COLUMNS: tuple[str, ...] = ("path", "pathology", "modality", "split", "subject")
+MASK_COLUMN = "mask"  # appended to LABEL_COLUMNS when masks are written
 _SPLIT_FRACTIONS = (("test", 0.1), ("val", 0.1))  # the rest is train
 
 
@@ -82,6 +87,28 @@ def _splits(classes: Sequence[tuple[str, str]], seed: int) -> list[str]:
     return split
 
 
+def _write_mask(scan: Scan, out: Path, case: str, fmt: str, seed: int, size: int) -> str:
+    """Write a lesion case's mask beside its scan; return its labels.csv cell (relative to ``out``).
+
+    A PNG dataset gets PNG masks: a PNG scan has no geometry for a NIfTI mask to match. NIfTI
+    and DICOM datasets get NIfTI label maps on the scan's affine.
+    """
+    dim = scan.spatial_dims
+    mask = phantom_lesion_mask(dim=dim, pathologies=scan.metadata["pathology"], seed=seed, size=size)
+    if not mask.any():
+        # A lesion smaller than half a voxel everywhere: a lesion class without a lesion in
+        # its mask is refused by Catalog.load_mask, so say so now, with the remedy.
+        raise InputError(
+            f"{case}: its {scan.metadata['pathology']} covers no voxel at size={size}; "
+            "use a larger --size (64 or more) to write lesion masks"
+        )
+    if fmt == "png":
+        written = write_mask_png(mask, scan, out / f"{case}-mask.png")
+    else:
+        written = write_mask_nifti(mask, scan, out / f"{case}-mask.nii.gz")
+    return written.relative_to(out).as_posix()
+
+
 def phantom_dataset(
     out_dir: str | Path,
     *,
@@ -93,6 +120,7 @@ def phantom_dataset(
     pathologies: Sequence[str] = PATHOLOGIES,
     modalities: Sequence[str] = MODALITIES,
     class_counts: dict[tuple[str, str], int] | None = None,
+    masks: bool = False,
 ) -> Path:
     """Write a labelled phantom dataset: one scan per subject plus ``OUT/labels.csv``.
 
@@ -105,7 +133,11 @@ def phantom_dataset(
     ``.nii.gz``, ``.png`` or DICOM folder) and are written atomically; labels.csv is written
     last and lists ``path`` (relative to OUT), ``pathology`` (``|``-joined when several),
     ``modality``, ``split`` (train/val/test ~80/10/10 within each class) and ``subject``.
-    Files of an earlier run under the same names are replaced.
+    Files of an earlier run under the same names are replaced. With ``masks``, each lesion
+    case's mask (``phantom_lesion_mask``) is written beside it as ``case-NNNNN-mask.nii.gz``
+    (a uint8 label map on the scan's grid; ``-mask.png`` for PNG datasets) and labels.csv gets
+    a last column ``mask`` naming it; normal cases have no mask and an empty cell. Without
+    ``masks`` nothing differs from a dataset written before masks existed.
 
     Args:
         out_dir: the output folder (created if missing).
@@ -117,6 +149,7 @@ def phantom_dataset(
         pathologies: class labels to balance over; an entry may join several with ``|``.
         modalities: subset of ``MODALITIES``.
         class_counts: optional exact number of cases per (pathology, modality).
+        masks: also write lesion masks and the ``mask`` column.
 
     Returns:
         The path of labels.csv.
@@ -139,14 +172,16 @@ def phantom_dataset(
     width = max(5, len(str(count - 1)))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LABEL_COLUMNS)
+    writer.writerow(LABEL_COLUMNS + ((MASK_COLUMN,) if masks else ()))
     for i, ((label, mod), split) in enumerate(zip(classes, splits, strict=True)):
         case = f"case-{i:0{width}d}"
-        scan = make_phantom(
-            dim=dim, pathologies=label, modality=mod, seed=derive_seed(seed, "phantom-subject", i), size=size
-        )
+        subject_seed = derive_seed(seed, "phantom-subject", i)
+        scan = make_phantom(dim=dim, pathologies=label, modality=mod, seed=subject_seed, size=size)
         written = write_scan(scan, out / case, fmt, case_id=case)
-        writer.writerow([written.relative_to(out).as_posix(), label, mod, split, f"phantom-s{seed}-{i:0{width}d}"])
+        row = [written.relative_to(out).as_posix(), label, mod, split, f"phantom-s{seed}-{i:0{width}d}"]
+        if masks:
+            row.append("" if label == "normal" else _write_mask(scan, out, case, fmt, subject_seed, size))
+        writer.writerow(row)
     csv_path = out / "labels.csv"
     atomic_write_text(csv_path, buf.getvalue())
     return csv_path

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from medsynth.conditions import PATHOLOGY_SEPARATOR, pathology_label, split_pathologies
 from medsynth.data.phantoms.anatomy import Subject, paint_anatomy, paint_lung_vessels
-from medsynth.data.phantoms.canvas import TISSUES, Canvas
+from medsynth.data.phantoms.canvas import TISSUE_NAMES, TISSUES, Canvas
 from medsynth.data.phantoms.lesions import draw_lesion, paint_lesions
 from medsynth.data.phantoms.shapes import F32, waves
 from medsynth.errors import InputError
@@ -26,6 +26,12 @@ from medsynth.io.scan import Scan
 from medsynth.seeding import numpy_rng
 
 PATHOLOGIES: tuple[str, ...] = ("normal", "nodule", "mass", "effusion")
+# The tissues each lesion paints (``lesions.paint_lesions``): a case's lesion mask is where they lie.
+LESION_TISSUES: dict[str, tuple[str, ...]] = {
+    "nodule": ("nodule",),
+    "mass": ("mass", "necrosis"),
+    "effusion": ("effusion",),
+}
 MODALITIES: tuple[str, ...] = ("CT", "MR")
 
 FOV_MM = 350.0
@@ -211,3 +217,22 @@ def phantom_labels(
     canvas, _ = _render(dim, names, None, int(seed), int(size), labels=True)
     assert canvas.labels is not None
     return canvas.labels if dim == 2 else canvas.labels[None]
+
+
+def phantom_lesion_mask(
+    *, dim: int = 2, pathologies: str | Sequence[str] = "normal", seed: int = 0, size: int = 64
+) -> np.ndarray:
+    """Where a phantom's lesions lie: a bool array shaped like ``make_phantom(...).array``.
+
+    True exactly where ``phantom_labels`` holds a tissue of the pathologies' lesions
+    (``LESION_TISSUES``: the nodule; the mass with its necrotic core; the effusion's fluid);
+    all False for ``"normal"``.
+
+    Example:
+        >>> bool(phantom_lesion_mask(dim=2, pathologies="nodule", seed=3, size=32).any())
+        True
+    """
+    names = parse_pathologies(pathologies)
+    labels = phantom_labels(dim=dim, pathologies=names, seed=seed, size=size)
+    lesion_ids = [TISSUE_NAMES.index(t) for p in names for t in LESION_TISSUES.get(p, ())]
+    return np.isin(labels, lesion_ids)
