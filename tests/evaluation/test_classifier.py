@@ -47,8 +47,11 @@ def test_tells_phantom_pathologies_and_modalities_apart_on_held_out_subjects() -
     """The headline check: >= 95% on subjects the network never saw (see docs/data.md)."""
     train, y_train = _phantoms(range(0, 1600))
     test, y_test = _phantoms(range(100_000, 100_200))
-    # 600 steps of 16: enough for the lesions, not for memorising 1600 different subjects
-    config = ClassifierConfig(spatial_dims=2, in_size=64, epochs=6, batch_size=16, seed=0)
+    # 1000 steps of 16 (10 epochs): enough for the lesions, not for memorising 1600 different subjects.
+    # 6 epochs sat at the margin: 0.94-0.97 pathology accuracy by seed, and seed 0 moved from 0.94 to
+    # 0.96 with the CPU kernels alone (ATEN_CPU_CAPABILITY=default vs AVX2). 10 epochs: 0.975-0.98
+    # over seeds 0-3 and both kernel paths (at most 5 of 200 wrong; the bar allows 10).
+    config = ClassifierConfig(spatial_dims=2, in_size=64, epochs=10, batch_size=16, seed=0)
     clf = ImageClassifier(JOINT, config).fit(prepare(train, 64), y_train)
     pred = clf.predict(prepare(test, 64))
     pathology_acc = np.mean([p.split("|")[0] == t.split("|")[0] for p, t in zip(pred, y_test)])
@@ -77,8 +80,9 @@ def test_prepare_resizes_and_standardises() -> None:
 
 def _tiny_fit(seed: int, **overrides) -> ImageClassifier:
     scans, labels = _phantoms(range(16), size=32)
-    config = ClassifierConfig(spatial_dims=2, in_size=32, channels=(4, 8), steps=3, batch_size=8, seed=seed,
-                              **overrides)
+    config = ClassifierConfig(
+        spatial_dims=2, in_size=32, channels=(4, 8), steps=3, batch_size=8, seed=seed, **overrides
+    )
     return ImageClassifier(JOINT, config).fit(prepare(scans, 32), labels)
 
 
@@ -104,7 +108,7 @@ def test_save_and_load_round_trip_without_pickle(tmp_path) -> None:
     np.testing.assert_allclose(loaded.predict_proba(x), clf.predict_proba(x), rtol=1e-6, atol=1e-6)
     assert loaded.predict(x) == clf.predict(x)
     (out / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(InputError, match="config.json"):
+    with pytest.raises(InputError, match=r"config\.json"):
         ImageClassifier.load(out)
 
 
