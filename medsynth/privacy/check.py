@@ -109,7 +109,13 @@ def privacy_check(
     verdicts = index.check(sy_scans, sy_groups, names=sy_ids)
     n_flagged = sum(not v.passed for v in verdicts)
     pvalue, failed = flagged_rate_test(n_flagged, len(verdicts), q)
-    settings = {"quantile": q, "strict": strict, "train": str(train), "holdout": str(holdout), "synthetic": str(synthetic)}
+    settings = {
+        "quantile": q,
+        "strict": strict,
+        "train": str(train),
+        "holdout": str(holdout),
+        "synthetic": str(synthetic),
+    }
     _, html_path = write_report(out, index=index, synthetic_ids=sy_ids, verdicts=verdicts, settings=settings)
     result = {
         "checked": len(verdicts),
@@ -119,8 +125,10 @@ def privacy_check(
         "report": str(html_path),
     }
     if result["failed"]:
-        why = "--strict and at least one case is flagged" if not failed else (
-            f"binomial p={pvalue:.3g} against the {1 - q:.1%} expected of new scans"
+        why = (
+            "--strict and at least one case is flagged"
+            if not failed
+            else f"binomial p={pvalue:.3g} against the {1 - q:.1%} expected of new scans"
         )
         raise PrivacyError(
             f"{n_flagged} of {len(verdicts)} synthetic scans flagged as near copies of training scans "
