@@ -162,56 +162,15 @@ def test_privacy_check_cli_passes_new_fails_copies_and_reports(tmp_path):
             modalities=("CT",),
         )
 
+    def privacy_check(train, holdout, synthetic, out) -> int:
+        args = ["--train", train, "--holdout", holdout, "--synthetic", synthetic, "--out", out]
+        return main(["privacy-check", *map(str, args)])
+
     train, holdout, new = csv("train", 0, 30), csv("holdout", 500, 30), csv("new", 900, 10)
-    assert (
-        main(
-            [
-                "privacy-check",
-                "--train",
-                str(train),
-                "--holdout",
-                str(holdout),
-                "--synthetic",
-                str(new),
-                "--out",
-                str(tmp_path / "r1"),
-            ]
-        )
-        == 0
-    )
+    assert privacy_check(train, holdout, new, tmp_path / "r1") == 0
     report = json.loads((tmp_path / "r1" / "privacy_report.json").read_text())
     assert {"case_id", "flagged", "score", "nearest"} <= set(report["samples"][0])
     assert (tmp_path / "r1" / "privacy_report.html").read_text().count("data:image/png;base64") >= 1
     # the training set itself, checked as "synthetic": everything is a copy -> exit 3
-    assert (
-        main(
-            [
-                "privacy-check",
-                "--train",
-                str(train),
-                "--holdout",
-                str(holdout),
-                "--synthetic",
-                str(train),
-                "--out",
-                str(tmp_path / "r2"),
-            ]
-        )
-        == 3
-    )
-    assert (
-        main(
-            [
-                "privacy-check",
-                "--train",
-                str(tmp_path / "nope.csv"),
-                "--holdout",
-                str(holdout),
-                "--synthetic",
-                str(new),
-                "--out",
-                str(tmp_path / "r3"),
-            ]
-        )
-        == 2
-    )
+    assert privacy_check(train, holdout, train, tmp_path / "r2") == 3
+    assert privacy_check(tmp_path / "nope.csv", holdout, new, tmp_path / "r3") == 2
