@@ -51,9 +51,7 @@ class JsonProgress(Progress):
         self._total = [q[1] for q in quotas]
         self._done = [q[2] for q in quotas]
         self._start_done = list(self._done)
-        self._emit(
-            {"event": "start", "quotas": [{"class": l, "total": t, "done": d} for l, t, d in quotas]}
-        )
+        self._emit({"event": "start", "quotas": [{"class": label, "total": t, "done": d} for label, t, d in quotas]})
 
     def case(self, quota: int, case_id: str) -> None:
         self._done[quota] += 1

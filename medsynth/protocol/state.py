@@ -124,7 +124,7 @@ class OutputFolder:
 
     # -- before a run ----------------------------------------------------------------------------
 
-    def run_record(self) -> dict[str, Any]:
+    def _run_record(self) -> dict[str, Any]:
         """The content of ``.medsynth-run.json``: what made this folder."""
         return {
             "medsynth_version": __version__,
@@ -134,7 +134,7 @@ class OutputFolder:
         }
 
     def _mismatch(self, run: dict[str, Any]) -> str | None:
-        mine = self.run_record()
+        mine = self._run_record()
         if run.get("protocol", {}).get("sha256") != mine["protocol"]["sha256"]:
             return (
                 f"was made by another protocol (protocol_sha256 {str(run.get('protocol', {}).get('sha256'))[:12]}..., "
@@ -216,7 +216,7 @@ class OutputFolder:
             )
         self._remove_unlisted(listed)
         if not (out / RUN_FILE).exists():
-            write_json(out / RUN_FILE, self.run_record())
+            write_json(out / RUN_FILE, self._run_record())
 
     def resume_state(self) -> ResumeState:
         """What earlier sessions finished (every rank reads it once the folder is prepared).
