@@ -36,7 +36,9 @@ def phantoms(namespace: str, n: int, size: int) -> tuple[list, list[str]]:
     scans, groups = [], []
     for i in range(n):
         p, m = classes[i % len(classes)]
-        scans.append(make_phantom(dim=2, pathologies=p, modality=m, seed=derive_seed("bench-privacy", namespace, i), size=size))
+        scans.append(
+            make_phantom(dim=2, pathologies=p, modality=m, seed=derive_seed("bench-privacy", namespace, i), size=size)
+        )
         groups.append(f"{p}/{m}")
     return scans, groups
 
@@ -72,7 +74,7 @@ def main() -> None:
     t_check = time.perf_counter() - t
 
     flagged_new = sum(not v.passed for v in verdicts[: len(new)])
-    caught = sum((not v.passed) and v.nearest == f"train-{i:05d}" for v, i in zip(verdicts[len(new):], sources))
+    caught = sum((not v.passed) and v.nearest == f"train-{i:05d}" for v, i in zip(verdicts[len(new) :], sources))
     result = {
         "train": args.train,
         "holdout": args.holdout,

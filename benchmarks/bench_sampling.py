@@ -72,8 +72,12 @@ def monai_unet(model: LatentDiffusionModel) -> torch.nn.Module:
 
     latent = int(model.config.autoencoder.get("latent_channels", 3))
     unet = DiffusionModelUNet(
-        spatial_dims=model.spatial_dims, in_channels=latent, out_channels=latent, with_conditioning=True,
-        cross_attention_dim=model.config.cond_dim, **model.config.unet,
+        spatial_dims=model.spatial_dims,
+        in_channels=latent,
+        out_channels=latent,
+        with_conditioning=True,
+        cross_attention_dim=model.config.cond_dim,
+        **model.config.unet,
     )
     unet.load_state_dict(model.unet.state_dict())
     return unet.eval()
@@ -89,8 +93,11 @@ def monai_baseline(
     cfg = model.config.scheduler
     beta = {} if cfg["schedule"] == "cosine" else {"beta_start": cfg["beta_start"], "beta_end": cfg["beta_end"]}
     sched = DDIMScheduler(
-        num_train_timesteps=cfg["num_train_timesteps"], schedule=cfg["schedule"],
-        prediction_type=cfg["prediction_type"], clip_sample=False, **beta,
+        num_train_timesteps=cfg["num_train_timesteps"],
+        schedule=cfg["schedule"],
+        prediction_type=cfg["prediction_type"],
+        clip_sample=False,
+        **beta,
     )
     sched.set_timesteps(steps)
     inferer = LatentDiffusionInferer(sched, scale_factor=model.scale_factor)
@@ -98,8 +105,14 @@ def monai_baseline(
     with torch.no_grad():
         cond = model.context(["nodule"] * batch, ["CT"] * batch)
         image = inferer.sample(
-            noise, model.autoencoder, unet, sched,
-            conditioning=cond, mode="crossattn", verbose=False, cfg=guidance,
+            noise,
+            model.autoencoder,
+            unet,
+            sched,
+            conditioning=cond,
+            mode="crossattn",
+            verbose=False,
+            cfg=guidance,
         )
         return model.preprocessing.denormalise(image, "CT")  # HU, as our Scans are
 
@@ -135,13 +148,23 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
             print(f"rep {rep} {name}: {wall[name][-1]:.1f} s wall, {cpu[name][-1]:.1f} s CPU", flush=True)
-    result: dict[str, Any] = {"model": args.model, "batch": b, "steps": steps, "guidance_scale": g,
-                              "repeats": args.repeats, "runs": {}}
+    result: dict[str, Any] = {
+        "model": args.model,
+        "batch": b,
+        "steps": steps,
+        "guidance_scale": g,
+        "repeats": args.repeats,
+        "runs": {},
+    }
     for name in runs:
         mw, mc = statistics.median(wall[name]), statistics.median(cpu[name])
-        result["runs"][name] = {"images_per_s": round(b / mw, 3), "median_wall_s": round(mw, 2),
-                                "median_cpu_s": round(mc, 2), "wall_s": [round(v, 2) for v in wall[name]],
-                                "cpu_s": [round(v, 2) for v in cpu[name]]}
+        result["runs"][name] = {
+            "images_per_s": round(b / mw, 3),
+            "median_wall_s": round(mw, 2),
+            "median_cpu_s": round(mc, 2),
+            "wall_s": [round(v, 2) for v in wall[name]],
+            "cpu_s": [round(v, 2) for v in cpu[name]],
+        }
     base = result["runs"][names[2]]
     for name in names[:2]:
         r = result["runs"][name]
@@ -157,8 +180,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 def _enlarge(model: LatentDiffusionModel, size: int) -> None:
     """Put the model on a ``size``^3 grid with its own spacing (benchmark only: a larger field of view)."""
     pre = model.preprocessing
-    model.preprocessing = Preprocessing(pre.spatial_dims, (size,) * pre.spatial_dims, pre.spacing, pre.intensity,
-                                        pre.slice_thickness)
+    model.preprocessing = Preprocessing(
+        pre.spatial_dims, (size,) * pre.spatial_dims, pre.spacing, pre.intensity, pre.slice_thickness
+    )
 
 
 def _maxrss_mb() -> float:
@@ -195,8 +219,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         out["baseline_rss_mb"] = round(_maxrss_mb(), 1)
         t = time.perf_counter()
         with torch.inference_mode():
-            x = model.decode(z) if spec["window"] is None else decode_tiled(
-                model.decode, z, window=spec["window"], overlap=spec["overlap"])
+            x = (
+                model.decode(z)
+                if spec["window"] is None
+                else decode_tiled(model.decode, z, window=spec["window"], overlap=spec["overlap"])
+            )
             hu = model.preprocessing.denormalise(x, "CT")[0].numpy()
         out["seconds_decode"] = round(time.perf_counter() - t, 2)
         np.savez(spec["image_out"], x=hu)
@@ -218,8 +245,15 @@ def volume(args: argparse.Namespace) -> dict[str, Any]:
         for size in args.sizes:
             _enlarge(model, size)
             latent_edge = model.latent_shape[1]
-            base = {"model": args.model, "size": size, "threads": args.threads, "steps": args.steps,
-                    "latent_out": f"{tmp}/z{size}.npz", "latent_in": f"{tmp}/z{size}.npz", "overlap": args.overlap}
+            base = {
+                "model": args.model,
+                "size": size,
+                "threads": args.threads,
+                "steps": args.steps,
+                "latent_out": f"{tmp}/z{size}.npz",
+                "latent_in": f"{tmp}/z{size}.npz",
+                "overlap": args.overlap,
+            }
             for window in (None, args.sample_window):  # the whole pipeline, whole and tiled decoding
                 if window is not None and window >= latent_edge:
                     continue
@@ -244,10 +278,23 @@ def volume(args: argparse.Namespace) -> dict[str, Any]:
                     }
                 print(json.dumps(r), flush=True)
                 rows.append(r)
-    keep = ("phase", "size", "window", "overlap", "steps", "seconds_total", "seconds_decode", "baseline_rss_mb",
-            "peak_rss_mb", "vs_whole_decode_hu")
-    return {"model": args.model, "rows": [{k: r[k] for k in keep if k in r} for r in rows],
-            "machine": machine(args.threads)}
+    keep = (
+        "phase",
+        "size",
+        "window",
+        "overlap",
+        "steps",
+        "seconds_total",
+        "seconds_decode",
+        "baseline_rss_mb",
+        "peak_rss_mb",
+        "vs_whole_decode_hu",
+    )
+    return {
+        "model": args.model,
+        "rows": [{k: r[k] for k in keep if k in r} for r in rows],
+        "machine": machine(args.threads),
+    }
 
 
 def _int_list(text: str) -> list[int]:

@@ -65,7 +65,13 @@ def unit_range(model: Any, scans: list[Scan]) -> torch.Tensor:
 
 
 def train_classifier(
-    classes: list[tuple[str, str]], dim: int, size: int, n_train: int, in_size: int, epochs: int, batch_size: int,
+    classes: list[tuple[str, str]],
+    dim: int,
+    size: int,
+    n_train: int,
+    in_size: int,
+    epochs: int,
+    batch_size: int,
     seed: int,
 ) -> ImageClassifier:
     """The joint pathology|modality classifier, trained on ``n_train`` real phantoms per class."""
@@ -122,13 +128,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         scans: list[Scan] = []
         for p, m in classes:
             scans += synth(
-                p, m, num_samples=args.n, num_inference_steps=steps, guidance_scale=guidance,
-                sampler=sampler, seed=derive_seed(args.seed, "model-quality-samples", p, m), batch_size=args.batch_size,
+                p,
+                m,
+                num_samples=args.n,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                sampler=sampler,
+                seed=derive_seed(args.seed, "model-quality-samples", p, m),
+                batch_size=args.batch_size,
             )
         acc = accuracy(clf, scans, wanted, in_size)
         per_class = {
-            _label(p, m): accuracy(clf, scans[k * args.n : (k + 1) * args.n], wanted[k * args.n : (k + 1) * args.n],
-                                   in_size)["joint"]
+            _label(p, m): accuracy(
+                clf, scans[k * args.n : (k + 1) * args.n], wanted[k * args.n : (k + 1) * args.n], in_size
+            )["joint"]
             for k, (p, m) in enumerate(classes)
         }
         seconds = time.perf_counter() - t
@@ -153,17 +166,27 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": sampler,
         "guidance_scale": guidance,
         "n_per_class": args.n,
-        "classifier": {"n_train_per_class": n_train, "in_size": in_size, "epochs": clf.config.epochs,
-                       "batch_size": clf.config.batch_size, "seed": clf.config.seed,
-                       "loaded_from": str(cache) if loaded else None,
-                       "real_heldout_accuracy": real_acc},
+        "classifier": {
+            "n_train_per_class": n_train,
+            "in_size": in_size,
+            "epochs": clf.config.epochs,
+            "batch_size": clf.config.batch_size,
+            "seed": clf.config.seed,
+            "loaded_from": str(cache) if loaded else None,
+            "real_heldout_accuracy": real_acc,
+        },
         "by_steps": by_steps,
         "diversity_steps": args.diversity_steps if diversity else None,
         "diversity": diversity,
         "ms_ssim_settings": ms_ssim_settings(tuple(model.preprocessing.size), dim),
         "targets": {"accuracy": TARGET_ACCURACY[dim], "diversity_gap": TARGET_DIVERSITY_GAP},
-        "machine": {"cpu_threads": args.threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "device": "cpu (no GPU)"},
+        "machine": {
+            "cpu_threads": args.threads,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": "cpu (no GPU)",
+        },
         "seconds_total": round(time.perf_counter() - t0, 1),
     }
 
@@ -212,8 +235,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n-train", type=int, default=200, help="real training phantoms per class for the classifier")
     ap.add_argument("--epochs", type=int, default=6, help="classifier epochs")
     ap.add_argument("--clf-batch-size", type=int, default=16, help="classifier batch size")
-    ap.add_argument("--classifier-dir", type=Path, default=None,
-                    help="load the classifier from here if present, else train it and save it here")
+    ap.add_argument(
+        "--classifier-dir",
+        type=Path,
+        default=None,
+        help="load the classifier from here if present, else train it and save it here",
+    )
     ap.add_argument("--in-size", type=int, default=None, help="classifier input size (default: the model grid)")
     ap.add_argument("--steps", type=_int_list, default=[5, 10, 15, 20, 25, 50], help="comma-separated step counts")
     ap.add_argument("--diversity-steps", type=int, default=20, help="step count whose samples get the diversity figure")

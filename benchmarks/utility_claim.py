@@ -156,7 +156,9 @@ def ensure_privacy_index(model: Path) -> bool:
     return True
 
 
-def run_protocol(model: Path, name: str, description: str, guidance: float, quota: str, privacy: str) -> tuple[Path, int]:
+def run_protocol(
+    model: Path, name: str, description: str, guidance: float, quota: str, privacy: str
+) -> tuple[Path, int]:
     """Write ``protocols/NAME.yaml`` for ``N_SYNTHETIC`` rare-class cases and run it, unless an earlier
     run finished it; resumes if interrupted. Returns the output folder and the exit status.
 
@@ -212,7 +214,7 @@ def paired_gain(a: dict, b: dict, key: str, cls: str | None = None) -> dict:
     return {"mean": sum(diffs) / len(diffs), "ci95": [lo, hi], "per_seed": diffs}
 
 
-def autoencoder_roundtrip(model_dir: Path, data):  # noqa: ANN001, ANN201 - LabelledScans in and out
+def autoencoder_roundtrip(model_dir: Path, data):
     """``data`` passed through the model's autoencoder (to_model -> encode -> decode -> from_model)."""
     import torch
 
@@ -247,8 +249,14 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
 
     timings = {}
     t0 = time.time()
-    main = evaluate_utility(train, test, syn[main_name], ev / "main", cfg,
-                            ratios=[n / len(train) for n in COUNTS if n <= len(syn[main_name])])
+    main = evaluate_utility(
+        train,
+        test,
+        syn[main_name],
+        ev / "main",
+        cfg,
+        ratios=[n / len(train) for n in COUNTS if n <= len(syn[main_name])],
+    )
     timings["main"] = time.time() - t0
     real, mixed = main["arms"]["real"], main["arms"]["real+synthetic"]
     gains = {
@@ -259,15 +267,19 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
 
     def summary(arm: dict, base: dict | None = None) -> dict:
         """An arm's headline figures, with its paired gains over ``base`` when given."""
-        out = {"n_synthetic": arm["n_synthetic"], "rare_recall": arm["per_class_recall"][RARE],
-               "balanced_accuracy": arm["balanced_accuracy"], "auroc": arm["auroc"],
-               "per_class_recall": arm["per_class_recall"]}
+        out = {
+            "n_synthetic": arm["n_synthetic"],
+            "rare_recall": arm["per_class_recall"][RARE],
+            "balanced_accuracy": arm["balanced_accuracy"],
+            "auroc": arm["auroc"],
+            "per_class_recall": arm["per_class_recall"],
+        }
         if base is not None:
             out["rare_recall_gain_points"] = paired_gain(base, arm, "", RARE)
             out["balanced_accuracy_gain_points"] = paired_gain(base, arm, "balanced_accuracy")
         return out
 
-    def extra(name: str, data, config: UtilityConfig = cfg, base: dict = real) -> dict:  # noqa: ANN001
+    def extra(name: str, data, config: UtilityConfig = cfg, base: dict = real) -> dict:
         t = time.time()
         r = evaluate_utility(train, test, data, ev / name, config, arms=("real+synthetic",))
         timings[name] = time.time() - t
@@ -286,8 +298,15 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
     # can learn "smooth" as the rare class's cue, which real test nodules do not show.
     tcfg = UtilityConfig(in_size=SIZE, steps=steps, seeds=seeds, augment=True, blur_sigma=BLUR_SIGMA)
     t0 = time.time()
-    tex = evaluate_utility(train, test, syn[main_name], ev / "texture", tcfg, arms=("real", "real+synthetic"),
-                           ratios=[n / len(train) for n in COUNTS if n <= len(syn[main_name])])
+    tex = evaluate_utility(
+        train,
+        test,
+        syn[main_name],
+        ev / "texture",
+        tcfg,
+        arms=("real", "real+synthetic"),
+        ratios=[n / len(train) for n in COUNTS if n <= len(syn[main_name])],
+    )
     timings["texture"] = time.time() - t0
     tex_real, tex_mixed = tex["arms"]["real"], tex["arms"]["real+synthetic"]
     texture = {
@@ -298,15 +317,19 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
             # against the plain classifier's real arm: is it better than the best real-only model?
             "balanced_accuracy_gain_over_plain_real_points": paired_gain(real, tex_mixed, "balanced_accuracy"),
         },
-        "by_count": {str(r["n_synthetic"]): {"rare_recall": r["per_class_recall"][RARE],
-                                             "balanced_accuracy": r["balanced_accuracy"]}
-                     for r in tex["ratios"].values()},
+        "by_count": {
+            str(r["n_synthetic"]): {
+                "rare_recall": r["per_class_recall"][RARE],
+                "balanced_accuracy": r["balanced_accuracy"],
+            }
+            for r in tex["ratios"].values()
+        },
         "oracle_real_nodules": extra("texture_oracle", oracle_set, tcfg, tex_real),
         "autoencoder_ceiling": extra("texture_autoencoder_ceiling", ae_set, tcfg, tex_real),
     }
 
     by_count = {}
-    for key, r in main["ratios"].items():
+    for r in main["ratios"].values():
         by_count[str(r["n_synthetic"])] = {
             "rare_recall": r["per_class_recall"][RARE],
             "balanced_accuracy": r["balanced_accuracy"],
@@ -324,39 +347,54 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
         plots.metric_curves(
             counts,
             {
-                f"{RARE} recall": ([by_count[str(c)]["rare_recall"] for c in counts],
-                                   *zip(*[main["ratios"][k]["ci95"]["per_class_recall"][RARE] for k in main["ratios"]])),
-                "balanced accuracy": ([by_count[str(c)]["balanced_accuracy"] for c in counts],
-                                      *zip(*[main["ratios"][k]["ci95"]["balanced_accuracy"] for k in main["ratios"]])),
+                f"{RARE} recall": (
+                    [by_count[str(c)]["rare_recall"] for c in counts],
+                    *zip(*[main["ratios"][k]["ci95"]["per_class_recall"][RARE] for k in main["ratios"]]),
+                ),
+                "balanced accuracy": (
+                    [by_count[str(c)]["balanced_accuracy"] for c in counts],
+                    *zip(*[main["ratios"][k]["ci95"]["balanced_accuracy"] for k in main["ratios"]]),
+                ),
                 f"{RARE} recall, texture-augmented classifier": (
                     [texture["by_count"][str(c)]["rare_recall"] for c in counts],
-                    *zip(*[tex["ratios"][k]["ci95"]["per_class_recall"][RARE] for k in tex["ratios"]])),
+                    *zip(*[tex["ratios"][k]["ci95"]["per_class_recall"][RARE] for k in tex["ratios"]]),
+                ),
                 "balanced accuracy, texture-augmented classifier": (
                     [texture["by_count"][str(c)]["balanced_accuracy"] for c in counts],
-                    *zip(*[tex["ratios"][k]["ci95"]["balanced_accuracy"] for k in tex["ratios"]])),
+                    *zip(*[tex["ratios"][k]["ci95"]["balanced_accuracy"] for k in tex["ratios"]]),
+                ),
             },
             ev / "claim_count.png",
             xlabel=f"synthetic {RARE} cases added to the {len(train)} real ones",
-            baselines={f"{RARE} recall": real["per_class_recall"][RARE], "balanced accuracy": real["balanced_accuracy"],
-                       f"{RARE} recall, texture-augmented classifier": tex_real["per_class_recall"][RARE],
-                       "balanced accuracy, texture-augmented classifier": tex_real["balanced_accuracy"]},
+            baselines={
+                f"{RARE} recall": real["per_class_recall"][RARE],
+                "balanced accuracy": real["balanced_accuracy"],
+                f"{RARE} recall, texture-augmented classifier": tex_real["per_class_recall"][RARE],
+                "balanced accuracy, texture-augmented classifier": tex_real["balanced_accuracy"],
+            },
             title="gain against the number of synthetic cases (dashed: real only)",
         ),
     ]
     report = {
         "kind": "medsynth-utility-claim",
         "setup": {
-            "dim": 2, "size": SIZE, "modality": "CT", "rare": RARE,
+            "dim": 2,
+            "size": SIZE,
+            "modality": "CT",
+            "rare": RARE,
             "train_counts": {k[0]: v for k, v in DATA["train"][1].items()},
             "test_counts": {k[0]: v for k, v in DATA["test"][1].items()},
             "generator_config": str(CONFIG.relative_to(ROOT)),
-            "synthetic_per_set": N_SYNTHETIC, "main_guidance": MAIN_GUIDANCE,
+            "synthetic_per_set": N_SYNTHETIC,
+            "main_guidance": MAIN_GUIDANCE,
             "privacy_gate": {name: not name.endswith("-nogate") for name in synthetic},
         },
         "budget": main["budget"],
         "seeds": main["seeds"],
-        "arms": {k: {m: v[m] for m in ("per_class_recall", "balanced_accuracy", "auroc", "ci95")}
-                 for k, v in main["arms"].items()},
+        "arms": {
+            k: {m: v[m] for m in ("per_class_recall", "balanced_accuracy", "auroc", "ci95")}
+            for k, v in main["arms"].items()
+        },
         "gains_real_plus_synthetic_vs_real": gains,
         "target": {"rare_recall_points": 15, "balanced_accuracy_points": 5},
         "met": {
@@ -370,7 +408,8 @@ def evaluate(synthetic: dict[str, Path], seeds: int, steps: int, threads: int) -
         "texture_augmented_classifier": texture,
         "fidelity": {"metrics": fid["metrics"], "per_class": fid["per_class"]},
         "seconds": {k: round(v) for k, v in timings.items()},
-        "plots": [p.name for p in plot_files] + [f"main/{p}" for p in main["plots"]]
+        "plots": [p.name for p in plot_files]
+        + [f"main/{p}" for p in main["plots"]]
         + [f"fidelity/{p}" for p in fid["plots"]],
     }
     (ev / "claim.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -433,10 +472,16 @@ def evaluate_extend(model: Path, seeds: int, steps: int, threads: int) -> dict:
             "rare_recall_gain_points": paired_gain(real, arm, "", RARE),
             "balanced_accuracy_gain_points": paired_gain(real, arm, "balanced_accuracy"),
         }
-        log(f"extend: {name}: +{len(data)} {RARE}: rare recall {arm['per_class_recall'][RARE]:.3f}, "
-            f"balanced accuracy {arm['balanced_accuracy']:.3f}")
-    report = {"real": {"rare_recall": real["per_class_recall"][RARE], "balanced_accuracy": real["balanced_accuracy"]},
-              "strengths": list(EXTEND_STRENGTHS), "generate_exit_status": exit_codes, "arms": results}
+        log(
+            f"extend: {name}: +{len(data)} {RARE}: rare recall {arm['per_class_recall'][RARE]:.3f}, "
+            f"balanced accuracy {arm['balanced_accuracy']:.3f}"
+        )
+    report = {
+        "real": {"rare_recall": real["per_class_recall"][RARE], "balanced_accuracy": real["balanced_accuracy"]},
+        "strengths": list(EXTEND_STRENGTHS),
+        "generate_exit_status": exit_codes,
+        "arms": results,
+    }
     (ev / "extend.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {ev / 'extend.json'}")
     return report
@@ -446,9 +491,13 @@ def copy_plots() -> None:
     """Small copies of the claim's plots for docs/evaluation.md (each must stay under 200 KB)."""
     ev = WORK / "eval"
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    for src, dst in (("claim_count.png", "claim_count.png"), ("main/utility_arms.png", "claim_arms.png"),
-                     ("main/utility_ratio.png", "claim_ratio.png"), ("fidelity/samples.png", "claim_samples.png"),
-                     ("fidelity/metrics.png", "claim_fidelity.png")):
+    for src, dst in (
+        ("claim_count.png", "claim_count.png"),
+        ("main/utility_arms.png", "claim_arms.png"),
+        ("main/utility_ratio.png", "claim_ratio.png"),
+        ("fidelity/samples.png", "claim_samples.png"),
+        ("fidelity/metrics.png", "claim_fidelity.png"),
+    ):
         if (ev / src).is_file():
             if (ev / src).stat().st_size > 200_000:
                 raise SystemExit(f"{ev / src} is over 200 KB; shrink it before copying to docs/img")

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Optional
 
 import click
 import typer
+
+from medsynth import __version__
+from medsynth.errors import MedsynthError
+from medsynth.io.formats import FORMATS, choices_text
 
 _typer_click: ModuleType
 try:  # typer >= 0.25 vendors its own click: its exceptions are not click's
@@ -25,10 +28,6 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 _EXIT = (click.exceptions.Exit, typer.Exit)
 _USAGE = (click.exceptions.ClickException, _typer_click.ClickException)
 _ABORT = (click.exceptions.Abort, typer.Abort)
-
-from medsynth import __version__
-from medsynth.errors import MedsynthError
-from medsynth.io.formats import FORMATS, choices_text
 
 app = typer.Typer(
     name="medsynth",
@@ -47,7 +46,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(
+    version: bool | None = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
@@ -105,17 +104,19 @@ def _evaluate_utility(
     ),
     out: str = typer.Option(..., "--out", help="Folder for utility.json and the PNG plots."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Training runs per arm (mean and 95% t-interval)."),
-    ratios: Optional[str] = typer.Option(
+    ratios: str | None = typer.Option(
         None, "--ratios", help="Comma-separated synthetic:real ratios to sweep, e.g. 0.5,1,2."
     ),
-    steps: Optional[int] = typer.Option(
+    steps: int | None = typer.Option(
         None, "--steps", min=1, help="Optimisation steps per run (default: 5 epochs of --train)."
     ),
     size: int = typer.Option(64, "--size", min=8, help="Side scans are resized to for the classifier."),
     seed: int = typer.Option(0, "--seed", help="Base seed."),
     augment: bool = typer.Option(False, "--augment", help="Random flips and small shifts of training batches."),
     blur_sigma: float = typer.Option(
-        0.0, "--blur-sigma", min=0.0,
+        0.0,
+        "--blur-sigma",
+        min=0.0,
         help="Texture augmentation: blur training batches (sigma up to this, voxels) in every arm, so the "
         "classifier cannot use 'smoother than real' as a cue for synthetic cases' class.",
     ),
@@ -158,7 +159,7 @@ _DESTINATION_HELP = (
 
 @app.command("inspect")
 def _inspect(
-    paths: list[str] = typer.Argument(..., help="Scan files, DICOM folders or trees of scans."),
+    paths: list[str] = typer.Argument(..., help="Scan files, DICOM folders or trees of scans."),  # noqa: B008 (typer's idiom for a list argument)
     as_json: bool = typer.Option(False, "--json", help="One JSON object per scan on stdout."),
 ) -> int:
     """One line per scan: path, modality, 2D/3D, shape, spacing (mm) and orientation code.
@@ -214,9 +215,7 @@ _THREADS_HELP = (
 )
 
 
-def _run_protocol(
-    protocol: str, out: Optional[str], device: str, as_json: bool, force: bool, threads: Optional[int]
-) -> None:
+def _run_protocol(protocol: str, out: str | None, device: str, as_json: bool, force: bool, threads: int | None) -> None:
     import json
 
     from medsynth.errors import PrivacyError
@@ -252,7 +251,7 @@ def _run_protocol(
 @app.command("validate")
 def _validate(
     protocol: str = typer.Argument(..., help="The protocol YAML file."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder overriding output.dir (shown only)."),
+    out: str | None = typer.Option(None, "--out", help="Output folder overriding output.dir (shown only)."),
 ) -> None:
     """Check a protocol completely before any model runs; exit 2 with one line per problem."""
     from medsynth.protocol.plan import validate_protocol
@@ -269,20 +268,18 @@ def _validate(
         )
     typer.echo(f"  {cases} cases in {len(plan.batches)} batches of at most {p.sampler.batch_size}")
     typer.echo(f"  formats {', '.join(p.output.formats)} -> {plan.output_dir}")
-    gate = (
-        f"on (quantile {p.privacy.quantile}, on_flag {p.privacy.on_flag})" if p.privacy.gate else "OFF"
-    )
+    gate = f"on (quantile {p.privacy.quantile}, on_flag {p.privacy.on_flag})" if p.privacy.gate else "OFF"
     typer.echo(f"  privacy gate {gate}")
 
 
 @app.command("generate")
 def _generate(
     protocol: str = typer.Argument(..., help="The protocol YAML file."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output folder (overrides the protocol's output.dir)."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (overrides the protocol's output.dir)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (under torchrun: each rank's GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable progress: one JSON object per line."),
     force: bool = typer.Option(False, "--force", help="Discard an existing run in the output folder; start over."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
 ) -> None:
     """Generate exactly the protocol's quotas, gated for memorization; rerun to resume.
 
@@ -296,7 +293,7 @@ def _demo(
     out: str = typer.Option("demo-output", "--out", help="Output folder."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable progress lines."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
 ) -> None:
     """Run the shipped demo protocol end to end (2D phantoms, DICOM + NIfTI + PNG, privacy report)."""
     from medsynth.protocol import DEMO_PROTOCOL

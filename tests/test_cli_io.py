@@ -39,10 +39,26 @@ def test_inspect_json_lines(scans, capsys):
     assert main(["inspect", "--json", str(scans / "ct.nii.gz"), str(scans / "xray.png")]) == 0
     objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert objs == [
-        {"path": str(scans / "ct.nii.gz"), "modality": "OT", "spatial_dims": 3, "channels": 1,
-         "shape": [4, 5, 3], "spacing": [0.5, 0.75, 2.0], "orientation": "RAS", "source_format": "nifti"},
-        {"path": str(scans / "xray.png"), "modality": "OT", "spatial_dims": 2, "channels": 1,
-         "shape": [6, 8], "spacing": [1.0, 1.0], "orientation": "PL", "source_format": "png"},
+        {
+            "path": str(scans / "ct.nii.gz"),
+            "modality": "OT",
+            "spatial_dims": 3,
+            "channels": 1,
+            "shape": [4, 5, 3],
+            "spacing": [0.5, 0.75, 2.0],
+            "orientation": "RAS",
+            "source_format": "nifti",
+        },
+        {
+            "path": str(scans / "xray.png"),
+            "modality": "OT",
+            "spatial_dims": 2,
+            "channels": 1,
+            "shape": [6, 8],
+            "spacing": [1.0, 1.0],
+            "orientation": "PL",
+            "source_format": "png",
+        },
     ]
 
 

@@ -23,7 +23,10 @@ def test_vocabulary_names_the_unknown_label_and_the_nearest() -> None:
     assert vocab.modalities == ("CT", "MR")
     with pytest.raises(InputError) as err:
         vocab.check("nodul", "CT")
-    assert str(err.value) == "unknown pathology 'nodul'; this model knows ['normal', 'nodule', 'mass'] (did you mean 'nodule'?)"
+    assert (
+        str(err.value)
+        == "unknown pathology 'nodul'; this model knows ['normal', 'nodule', 'mass'] (did you mean 'nodule'?)"
+    )
     with pytest.raises(InputError, match=r"unknown modality 'PET'; this model knows \['CT', 'MR'\]$"):
         vocab.check("nodule", "PET")
     assert vocab.check("mass|nodule", "mr") == Condition(("mass", "nodule"), "MR")

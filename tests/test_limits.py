@@ -16,7 +16,7 @@ def test_every_layer_uses_the_same_bounds() -> None:
     from medsynth.training.config import TrainConfig
 
     assert ldm.GUIDANCE_RANGE is limits.GUIDANCE_RANGE and ldm.DEFAULT_GUIDANCE == limits.DEFAULT_GUIDANCE
-    assert schema.MAX_GUIDANCE == limits.GUIDANCE_RANGE[1] and schema.MAX_STEPS == limits.MAX_STEPS
+    assert limits.GUIDANCE_RANGE[1] == schema.MAX_GUIDANCE and schema.MAX_STEPS == limits.MAX_STEPS
     field = TrainConfig.model_fields["default_guidance_scale"]
     assert field.default == limits.DEFAULT_GUIDANCE
 

@@ -168,7 +168,6 @@ class Preprocessing:
         src_shape = np.asarray(scan.shape, dtype=np.float64)
         src_centre_idx = (src_shape - 1.0) / 2.0
         if d == 3:
-            src_centre_world = src_aff[:3, :3] @ src_centre_idx + src_aff[:3, 3]
             to_index = np.linalg.inv(src_aff[:3, :3])
         else:
             in_plane = src_aff[:3, :2]
@@ -182,7 +181,6 @@ class Preprocessing:
                     f"(slice normal {np.round(normal, 3).tolist()}); this model's 2D grid is axial: "
                     "reformat the slices to axial first"
                 )
-            src_centre_world = in_plane @ src_centre_idx + src_aff[:3, 3]
             to_index = np.linalg.pinv(in_plane)  # (2, 3): world offset in the plane -> index offset
         grid_centre = (np.asarray(self.size, dtype=np.float64) - 1.0) / 2.0
         axes = [np.arange(n, dtype=np.float64) - c for n, c in zip(self.size, grid_centre)]
@@ -209,9 +207,7 @@ class Preprocessing:
         norm = 2.0 * src_index / np.maximum(src_shape - 1.0, 1.0) - 1.0
         grid = torch.from_numpy(norm[..., ::-1].copy()).float().unsqueeze(0)
         # Shift so that zero padding outside the scan means -1 (air) after shifting back.
-        sampled = F.grid_sample(
-            (x + 1.0).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
+        sampled = F.grid_sample((x + 1.0).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return (sampled[0] - 1.0).contiguous()
 
     def from_model(self, x: torch.Tensor, modality: str, **metadata: Any) -> Scan:
@@ -234,7 +230,7 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         """Inverse of ``to_dict``; unknown keys are an error."""
         allowed = {"spatial_dims", "size", "spacing", "intensity", "slice_thickness"}
         extra = set(d) - allowed

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -173,7 +174,7 @@ class _Network(nn.Module):
 
         chans = config.channels
         layers: list[nn.Module] = [conv(config.in_channels, chans[0], config.stem_kernel), pool()]
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
+        for c_in, c_out in itertools.pairwise(chans):
             layers += [conv(c_in, c_out), pool()]
         layers.append(conv(chans[-1], chans[-1]))
         self.trunk = nn.Sequential(*layers)
@@ -263,13 +264,15 @@ class ImageClassifier:
         expected = (cfg.in_channels,) + (cfg.in_size,) * cfg.spatial_dims
         if not isinstance(x, torch.Tensor) or x.ndim != cfg.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
             shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-            raise InputError(f"classifier input has shape {shape}; expected (N, {', '.join(map(str, expected))}) "
-                             "(use medsynth.evaluation.classifier.prepare)")
+            raise InputError(
+                f"classifier input has shape {shape}; expected (N, {', '.join(map(str, expected))}) "
+                "(use medsynth.evaluation.classifier.prepare)"
+            )
         return x.float()
 
     def fit(
         self, x: torch.Tensor, y: Sequence[str], *, sample_weight: Sequence[float] | np.ndarray | None = None
-    ) -> "ImageClassifier":
+    ) -> ImageClassifier:
         """Train on ``x`` (from ``prepare``) with labels ``y``; returns ``self``.
 
         Args:
@@ -291,14 +294,19 @@ class ImageClassifier:
         if sample_weight is not None:
             weight = torch.as_tensor(np.asarray(sample_weight, dtype=np.float32))
             if weight.shape != (len(x),) or bool((weight < 0).any()):
-                raise InputError(f"fit: sample_weight has shape {tuple(weight.shape)}; expected ({len(x)},) weights >= 0")
+                raise InputError(
+                    f"fit: sample_weight has shape {tuple(weight.shape)}; expected ({len(x)},) weights >= 0"
+                )
         per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
         total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
         gen = torch_generator(cfg.seed, "classifier-batches")
         batches: list[torch.Tensor] = []
         while len(batches) < total:  # one pass at a time, as many passes as the steps need
-            idx = (balanced_order(target, per_epoch * cfg.batch_size, gen) if cfg.balanced
-                   else torch.randperm(len(x), generator=gen))
+            idx = (
+                balanced_order(target, per_epoch * cfg.batch_size, gen)
+                if cfg.balanced
+                else torch.randperm(len(x), generator=gen)
+            )
             batches.extend(idx.split(cfg.batch_size))
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -325,7 +333,7 @@ class ImageClassifier:
         return self
 
     @torch.no_grad()
-    def _batched(self, x: torch.Tensor, fn) -> np.ndarray:  # noqa: ANN001
+    def _batched(self, x: torch.Tensor, fn) -> np.ndarray:
         x = self._check_input(x)
         out = [fn(x[i : i + 256].to(self.device)).float().cpu() for i in range(0, len(x), 256)]
         return torch.cat(out).numpy()
@@ -356,7 +364,7 @@ class ImageClassifier:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "cpu") -> "ImageClassifier":
+    def load(cls, directory: str | Path, *, device: str = "cpu") -> ImageClassifier:
         """Load a classifier written by ``save``."""
         from safetensors.torch import load_file
 
@@ -371,8 +379,9 @@ class ImageClassifier:
         # that this one does not know are left out rather than refused, so old code can still
         # read the weights it can build.
         known = {f.name for f in fields(ClassifierConfig)}
-        config = ClassifierConfig(**{k: v for k, v in meta["config"].items() if k in known and k != "device"},
-                                  device=device)
+        config = ClassifierConfig(
+            **{k: v for k, v in meta["config"].items() if k in known and k != "device"}, device=device
+        )
         clf = cls(meta["classes"], config)
         try:
             state = load_file(str(directory / WEIGHTS_FILE), device=str(clf.device))

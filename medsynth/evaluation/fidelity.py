@@ -259,8 +259,9 @@ def _match(parts: _Parts, space: _FeatureSpace, seed: int) -> _Matched:
     return _Matched(sets, {k: space.features(s) for k, s in sets.items()}, counts)
 
 
-def _two_set_figures(ref: np.ndarray, other: np.ndarray, ref_img: torch.Tensor, other_img: torch.Tensor,
-                     cfg: FidelityConfig) -> dict[str, float | None]:
+def _two_set_figures(
+    ref: np.ndarray, other: np.ndarray, ref_img: torch.Tensor, other_img: torch.Tensor, cfg: FidelityConfig
+) -> dict[str, float | None]:
     """FID, KID, image MMD, precision, recall of ``other`` against the reference set."""
     n = min(len(ref), len(other))
     out: dict[str, float | None] = {"fid": M.frechet_distance(ref, other) if n >= 2 else None}
@@ -329,7 +330,8 @@ def _class_figures(c: str, judged: dict[str, _Judged], matched: _Matched, cfg: F
         },
         "diversity_ms_ssim": {
             key: M.mean_pairwise_ms_ssim(j.images[idx[key]], max_pairs=cfg.max_pairs, seed=cfg.seed)
-            if len(idx[key]) >= 2 else None
+            if len(idx[key]) >= 2
+            else None
             for key, j in judged.items()
         },
     }
@@ -352,13 +354,14 @@ def _summary_figures(
     overall: dict[str, dict[str, float | None]], judged: dict[str, _Judged], per_class: dict[str, dict]
 ) -> dict[str, dict[str, float | None]]:
     """The ``metrics`` of the report: each figure's synthetic value beside its real baseline."""
-    figures = {
-        name: {k: overall[k][name] for k in overall} for name in ("fid", "kid", "mmd", "precision", "recall")
-    }
+    figures = {name: {k: overall[k][name] for k in overall} for name in ("fid", "kid", "mmd", "precision", "recall")}
     figures["kid_std"] = {k: overall[k]["kid_std"] for k in overall}
     accuracy = {key: _accuracy(j.predicted, j.data.labels) for key, j in judged.items()}
-    for part, name in (("joint", "conditional_accuracy"), ("pathology", "pathology_accuracy"),
-                       ("modality", "modality_accuracy")):
+    for part, name in (
+        ("joint", "conditional_accuracy"),
+        ("pathology", "pathology_accuracy"),
+        ("modality", "modality_accuracy"),
+    ):
         figures[name] = {key: acc[part] for key, acc in accuracy.items()}
     # Diversity over classes: the mean of the per-class values (classes with under 2 scans have none).
     diversity = {
@@ -373,14 +376,17 @@ def _plots(compared: list[str], judged: dict[str, _Judged], figures: dict, out: 
     """samples.png (up to 6 real and 6 synthetic scans per class) and metrics.png; their file names."""
     real, syn = judged["real_baseline"], judged["synthetic"]
     grid_rows = {
-        c: ([real.images[i].numpy() for i in _of_class(real.data, c)[:6]],
-            [syn.images[i].numpy() for i in _of_class(syn.data, c)[:6]])
+        c: (
+            [real.images[i].numpy() for i in _of_class(real.data, c)[:6]],
+            [syn.images[i].numpy() for i in _of_class(syn.data, c)[:6]],
+        )
         for c in compared
     }
     return [
         plots.sample_grid(grid_rows, out / "samples.png").name,
         plots.metric_bars(
-            {k: v for k, v in figures.items() if k != "kid_std"}, out / "metrics.png",
+            {k: v for k, v in figures.items() if k != "kid_std"},
+            out / "metrics.png",
             title="fidelity: synthetic vs real-vs-real baseline",
         ).name,
     ]

@@ -14,7 +14,7 @@ import numpy as np
 from medsynth.io.atomic import atomic_path
 
 
-def _figure(nrows: int, ncols: int, size: tuple[float, float]):  # noqa: ANN202 - matplotlib types
+def _figure(nrows: int, ncols: int, size: tuple[float, float]):
     # A Figure outside pyplot: files only, and no global backend switch that would stop a
     # notebook from drawing inline afterwards.
     from matplotlib.figure import Figure
@@ -23,7 +23,7 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]):  # noqa: ANN202 
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _save(fig, path: Path, dpi: int) -> Path:  # noqa: ANN001
+def _save(fig, path: Path, dpi: int) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path

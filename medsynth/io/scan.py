@@ -89,9 +89,7 @@ class Scan:
     def __post_init__(self) -> None:
         self.array = np.ascontiguousarray(self.array, dtype=np.float32)
         if self.array.ndim not in (3, 4):
-            raise ValueError(
-                f"Scan.array must be channel-first (C,H,W) or (C,D,H,W); got shape {self.array.shape}"
-            )
+            raise ValueError(f"Scan.array must be channel-first (C,H,W) or (C,D,H,W); got shape {self.array.shape}")
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.affine.shape != (4, 4):
             raise ValueError(f"Scan.affine must be 4x4; got shape {self.affine.shape}")
@@ -129,7 +127,7 @@ class Scan:
         codes = nib.orientations.aff2axcodes(self.affine)
         return "".join(codes[: self.spatial_dims]) if self.spatial_dims == 3 else "".join(codes[:2])
 
-    def with_array(self, array: np.ndarray, **metadata: Any) -> "Scan":
+    def with_array(self, array: np.ndarray, **metadata: Any) -> Scan:
         """A copy with a new array (same geometry) and updated metadata."""
         return Scan(array, self.affine.copy(), self.modality, {**self.metadata, **metadata})
 

@@ -18,6 +18,7 @@ line of a ``ProtocolErrors``. The result, a ``RunPlan``, fixes:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -372,8 +373,9 @@ def _explicit_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo) -
                 count=q.count,
                 method=method,
                 steps=steps,
-                guidance_scale=_guidance(q.guidance_scale if q.guidance_scale is not None else p.sampler.guidance_scale,
-                                         model),
+                guidance_scale=_guidance(
+                    q.guidance_scale if q.guidance_scale is not None else p.sampler.guidance_scale, model
+                ),
                 extend=extend,
             )
         )
@@ -399,7 +401,7 @@ def plan_cases(quotas: list[QuotaPlan] | tuple[QuotaPlan, ...], batch_size: int)
     return tuple(batches)
 
 
-def output_dir_for(source: ProtocolFile, out: str | Path | None) -> Path:
+def output_dir_for(source: ProtocolFile, out: str | os.PathLike[str] | None) -> Path:
     """``--out`` if given, else ``output.dir`` relative to the protocol file, else ``synthetic/<name>``."""
     if out is not None:
         return Path(out).expanduser().resolve()
@@ -408,7 +410,7 @@ def output_dir_for(source: ProtocolFile, out: str | Path | None) -> Path:
     return _resolve(source.base_dir, rel).resolve()
 
 
-def validate_protocol(path: str | Path, *, out: str | Path | None = None) -> RunPlan:
+def validate_protocol(path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> RunPlan:
     """Check a protocol completely (schema, model, vocabularies, samplers, data, privacy index).
 
     Args:
@@ -441,7 +443,9 @@ def validate_protocol(path: str | Path, *, out: str | Path | None = None) -> Run
             "`medsynth privacy-index MODEL_DIR --train TRAIN.csv --holdout HOLDOUT.csv`, or set "
             "`privacy: {gate: false}` to generate without the memorization check",
         )
-    quotas = _explicit_quotas(errs, source, model) if p.quotas is not None else _balance_quotas(errs, source, model, method)
+    quotas = (
+        _explicit_quotas(errs, source, model) if p.quotas is not None else _balance_quotas(errs, source, model, method)
+    )
     errs.raise_if_any()
     batches = plan_cases(quotas, p.sampler.batch_size)
     ids = Counter(c.case_id for b in batches for c in b.cases)

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -110,7 +111,7 @@ class OutputSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _unique_formats(self) -> "OutputSpec":
+    def _unique_formats(self) -> OutputSpec:
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"formats lists a format twice: {self.formats}")
         return self
@@ -126,7 +127,9 @@ class SamplerSpec(_Strict):
     )
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="Number of inference steps.")
     guidance_scale: float | None = Field(
-        None, ge=0.0, le=MAX_GUIDANCE,
+        None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
         description="Classifier-free guidance scale; default: the model's default_guidance_scale (its model card).",
     )
     batch_size: int = Field(16, ge=1, le=MAX_BATCH, description="Cases sampled together (affects speed only).")
@@ -135,7 +138,7 @@ class SamplerSpec(_Strict):
 class ExtendSpec(_Strict):
     """Vary real scans image-to-image instead of sampling from noise."""
 
-    sources: Annotated[Union[str, list[str]], BeforeValidator(_sources)] = Field(
+    sources: Annotated[str | list[str], BeforeValidator(_sources)] = Field(
         description="A dataset CSV (path,pathology,modality; rows of the quota's class are used) "
         "or a list of scan paths, relative to the protocol file."
     )
@@ -158,7 +161,7 @@ class BalanceSpec(_Strict):
     """Fill each (pathology, modality) class of a real dataset up to a target count."""
 
     dataset: Text = Field(description="Dataset CSV (path,pathology,modality), relative to the protocol file.")
-    target: Annotated[Union[int, str], BeforeValidator(_target)] = Field(
+    target: Annotated[int | str, BeforeValidator(_target)] = Field(
         description="Cases per class after generation (real + synthetic), or 'majority' (the largest class)."
     )
 
@@ -195,13 +198,13 @@ class Protocol(_Strict):
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
 
     @model_validator(mode="after")
-    def _quotas_xor_balance(self) -> "Protocol":
+    def _quotas_xor_balance(self) -> Protocol:
         if (self.quotas is None) == (self.balance is None):
             raise ValueError("give exactly one of `quotas` (explicit counts) or `balance` (fill a dataset's classes)")
         return self
 
     @model_validator(mode="after")
-    def _max_attempts_needs_resample(self) -> "Protocol":
+    def _max_attempts_needs_resample(self) -> Protocol:
         if self.privacy.on_flag != "resample" and "max_attempts" in self.privacy.model_fields_set:
             raise ValueError(
                 f"privacy.max_attempts applies only to on_flag: resample (on_flag is {self.privacy.on_flag!r})"
@@ -256,15 +259,14 @@ def read_protocol_mapping(text: str, source: str = "<protocol>") -> dict[str, An
     if not text.strip():
         raise ProtocolError(f"{source}: the file is empty; expected a protocol mapping (see docs/protocols.md)")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc) from None
     if data is None:
         raise ProtocolError(f"{source}: the file holds no YAML content; expected a protocol mapping")
     if not isinstance(data, dict):
         raise ProtocolError(
-            f"{source}: expected a YAML mapping of keys (protocol:, name:, model:, ...); "
-            f"got a {type(data).__name__}"
+            f"{source}: expected a YAML mapping of keys (protocol:, name:, model:, ...); got a {type(data).__name__}"
         )
     return data
 
@@ -415,7 +417,7 @@ class ProtocolFile:
         return self.path.parent
 
 
-def load_protocol(path: str | Path) -> ProtocolFile:
+def load_protocol(path: str | os.PathLike[str]) -> ProtocolFile:
     """Read and shape-check a protocol file (no model or data access).
 
     Raises:

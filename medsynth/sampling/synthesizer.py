@@ -249,8 +249,13 @@ class Synthesizer:
 
     @torch.inference_mode()
     def _sample_batch(
-        self, pathologies: list[list[str]], modalities: list[str], seeds: list[int], settings: dict[str, Any],
-        z0: torch.Tensor | None, strength: float,
+        self,
+        pathologies: list[list[str]],
+        modalities: list[str],
+        seeds: list[int],
+        settings: dict[str, Any],
+        z0: torch.Tensor | None,
+        strength: float,
     ) -> list[Scan]:
         model, device, b = self.model, self.device, len(seeds)
         sampler: Sampler = make_sampler(

@@ -8,8 +8,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_LAZY = {"train": "medsynth.training.pipeline", "load_config": "medsynth.training.config",
-         "TrainConfig": "medsynth.training.config"}
+_LAZY = {
+    "train": "medsynth.training.pipeline",
+    "load_config": "medsynth.training.config",
+    "TrainConfig": "medsynth.training.config",
+}
 
 __all__ = list(_LAZY)
 

@@ -49,7 +49,7 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
+    def _one_source(self) -> DataConfig:
         if (self.labels is None) == (self.phantoms is None):
             raise ValueError("give exactly one of 'labels' (a labels.csv path) or 'phantoms' ({dim, count, ...})")
         return self
@@ -203,12 +203,10 @@ class TrainConfig(StrictModel):
     build_privacy_index: bool = True
 
     @model_validator(mode="after")
-    def _grid(self) -> "TrainConfig":
+    def _grid(self) -> TrainConfig:
         dims = len(self.preprocessing.size)
         if self.data.phantoms is not None and self.data.phantoms.dim != dims:
-            raise ValueError(
-                f"preprocessing.size has {dims} values but data.phantoms.dim is {self.data.phantoms.dim}"
-            )
+            raise ValueError(f"preprocessing.size has {dims} values but data.phantoms.dim is {self.data.phantoms.dim}")
         down = 2 ** (len(self.autoencoder.channels) - 1)
         patch = self.stage1.patch_size
         if patch is not None and (
@@ -240,12 +238,36 @@ class TrainConfig(StrictModel):
         grid, the autoencoder and its own settings only, so a finished autoencoder survives a
         change of the diffusion settings; stage 2 depends on everything.
         """
-        d = self.model_dump(mode="json", exclude={"output_dir", "work_dir", "device", "threads", "log_every",
-                                                 "sample_every", "checkpoint_every", "build_privacy_index",
-                                                 "name", "weights_dtype", "default_guidance_scale"})
+        d = self.model_dump(
+            mode="json",
+            exclude={
+                "output_dir",
+                "work_dir",
+                "device",
+                "threads",
+                "log_every",
+                "sample_every",
+                "checkpoint_every",
+                "build_privacy_index",
+                "name",
+                "weights_dtype",
+                "default_guidance_scale",
+            },
+        )
         if stage == "stage1":
-            d = {k: d[k] for k in ("data", "preprocessing", "autoencoder", "stage1", "seed", "precision",
-                                   "val_every", "early_stopping_patience")}
+            d = {
+                k: d[k]
+                for k in (
+                    "data",
+                    "preprocessing",
+                    "autoencoder",
+                    "stage1",
+                    "seed",
+                    "precision",
+                    "val_every",
+                    "early_stopping_patience",
+                )
+            }
         return sha256_json(d)[:16]
 
 

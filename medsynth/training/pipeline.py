@@ -56,8 +56,9 @@ def _dataset(cfg: TrainConfig, work: Path, ctx: DistContext) -> Catalog:
                 "use another work_dir or delete that folder"
             )
         if not csv.is_file():
-            phantom_dataset(data_dir, dim=spec["dim"], count=spec["count"], fmt=spec["fmt"], seed=spec["seed"],
-                            size=spec["size"])
+            phantom_dataset(
+                data_dir, dim=spec["dim"], count=spec["count"], fmt=spec["fmt"], seed=spec["seed"], size=spec["size"]
+            )
             write_json(spec_file, spec)
     barrier(ctx)
     return Catalog.from_csv(csv)
@@ -136,7 +137,9 @@ def _card(cfg: TrainConfig, model: LatentDiffusionModel, info: dict[str, Any], c
     conf = cfg.model_dump(mode="json", exclude={"output_dir", "work_dir"})
     if cfg.data.labels is not None:
         conf["data"]["labels"] = Path(cfg.data.labels).name  # the file name only: no local paths
-    n_params = {k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("autoencoder", "unet", "conditioner")}
+    n_params = {
+        k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("autoencoder", "unet", "conditioner")
+    }
     s1, s2 = info["stage1"], info["stage2"]
 
     def stage_line(s: dict[str, Any]) -> str:
@@ -228,10 +231,17 @@ def train(
 
         work = cfg.resolved_work_dir
         run = RunContext(
-            dist=ctx, work_dir=work, seed=cfg.seed, fingerprints={s: cfg.fingerprint(s) for s in ("stage1", "stage2")},
-            precision=resolve_precision(cfg.precision, ctx.device), checkpoint_every=cfg.checkpoint_every,
-            val_every=cfg.val_every, sample_every=cfg.sample_every, log_every=cfg.log_every,
-            early_stopping_patience=cfg.early_stopping_patience, progress=progress,
+            dist=ctx,
+            work_dir=work,
+            seed=cfg.seed,
+            fingerprints={s: cfg.fingerprint(s) for s in ("stage1", "stage2")},
+            precision=resolve_precision(cfg.precision, ctx.device),
+            checkpoint_every=cfg.checkpoint_every,
+            val_every=cfg.val_every,
+            sample_every=cfg.sample_every,
+            log_every=cfg.log_every,
+            early_stopping_patience=cfg.early_stopping_patience,
+            progress=progress,
             log=log,
         )
         catalog = _dataset(cfg, work, ctx)
@@ -239,8 +249,10 @@ def train(
         pre = _preprocessing(cfg, train_cat)
         train_x, train_p, train_m = _load(train_cat, pre, ctx.device)
         val_x, val_p, val_m = _load(val_cat, pre, ctx.device)
-        log(f"data: {len(train_cat)} train / {len(val_cat)} val / {len(test_cat)} test scans on grid "
-            f"{list(pre.size)} at {[round(s, 3) for s in pre.spacing]} mm")
+        log(
+            f"data: {len(train_cat)} train / {len(val_cat)} val / {len(test_cat)} test scans on grid "
+            f"{list(pre.size)} at {[round(s, 3) for s in pre.spacing]} mm"
+        )
         torch.manual_seed(cfg.seed)  # network initialisation: identical on every rank
         model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1])).to(ctx.device)
 
@@ -250,8 +262,9 @@ def train(
         val_mu, val_sigma = encode_dataset(model, val_x, cfg.stage1.batch_size)
         model.config.scale_factor = compute_scale_factor(mu, sigma, cfg.seed)
         log(f"latent scale factor {model.scale_factor:.5f}")
-        spec2, ema = build_stage2(model, (mu, sigma, train_p, train_m), (val_mu, val_sigma, val_p, val_m),
-                                  cfg.stage2, run)
+        spec2, ema = build_stage2(
+            model, (mu, sigma, train_p, train_m), (val_mu, val_sigma, val_p, val_m), cfg.stage2, run
+        )
         s2 = run_stage(spec2, run, resume=resume)
         model.unet.load_state_dict(ema.unet.state_dict())
         model.conditioner.load_state_dict(ema.conditioner.state_dict())
@@ -259,10 +272,16 @@ def train(
 
         if ctx.is_main:
             info = {
-                "stage1": s1, "stage2": s2, "device": str(ctx.device), "world_size": ctx.world_size,
-                "threads": torch.get_num_threads(), "precision": run.precision,
+                "stage1": s1,
+                "stage2": s2,
+                "device": str(ctx.device),
+                "world_size": ctx.world_size,
+                "threads": torch.get_num_threads(),
+                "precision": run.precision,
                 "wall_minutes": (time.time() - started) / 60.0,
-                "n_train": len(train_cat), "n_val": len(val_cat), "n_test": len(test_cat),
+                "n_train": len(train_cat),
+                "n_val": len(val_cat),
+                "n_test": len(test_cat),
             }
             out = save_model(model, cfg.output_dir, card=_card(cfg, model, info, command))
             # allow_nan: a diverged loss is recorded as NaN rather than refused.

@@ -84,24 +84,31 @@ def test_absolute_paths_and_subfolders(tmp_path):
     [
         ("", r"empty CSV; expected a header with columns path, pathology, modality"),
         ("path,pathology,modality\n", "no rows after the header"),
-        ("path,label,modality\na.nii.gz,normal,CT\n",
-         r"missing column\(s\) pathology; unknown column\(s\) 'label'; required: path, pathology, "
-         r"modality; optional: split, subject"),
-        ("path,pathology,modality\nmissing.nii.gz,normal,CT\n",
-         r"line 2: path 'missing.nii.gz' does not exist"),
+        (
+            "path,label,modality\na.nii.gz,normal,CT\n",
+            r"missing column\(s\) pathology; unknown column\(s\) 'label'; required: path, pathology, "
+            r"modality; optional: split, subject",
+        ),
+        ("path,pathology,modality\nmissing.nii.gz,normal,CT\n", r"line 2: path 'missing.nii.gz' does not exist"),
         ("path,pathology,modality\na.nii.gz,,CT\n", r"line 2: empty 'pathology' cell"),
         ("path,pathology,modality\na.nii.gz,normal,\n", r"line 2: empty 'modality' cell"),
         ("path,pathology,modality\na.nii.gz,nodule|,CT\n", r"line 2: pathology 'nodule\|' has an empty label"),
         ("path,pathology,modality\na.nii.gz,nodule|nodule,CT\n", "repeats a label"),
         ("path,pathology,modality\na.nii.gz,a/b,CT\n", "contains '/'"),
         ("path,pathology,modality\na.nii.gz,normal,C T\n", "not a DICOM modality code"),
-        ("path,pathology,modality\na.nii.gz,normal,CT\nb.nii.gz,normal,CT,extra\n",
-         r"line 3: 4 cells, but the header has 3 columns"),
-        ("path,pathology,modality\na.nii.gz,normal,CT\n./a.nii.gz,mass,CT\n",
-         r"line 3: path './a.nii.gz' is already listed on line 2"),
+        (
+            "path,pathology,modality\na.nii.gz,normal,CT\nb.nii.gz,normal,CT,extra\n",
+            r"line 3: 4 cells, but the header has 3 columns",
+        ),
+        (
+            "path,pathology,modality\na.nii.gz,normal,CT\n./a.nii.gz,mass,CT\n",
+            r"line 3: path './a.nii.gz' is already listed on line 2",
+        ),
         ("path,pathology,modality,split\na.nii.gz,normal,CT,\n", r"line 2: empty 'split' cell"),
-        ("path,pathology,modality,split,subject\na.nii.gz,normal,CT,train,PAT-4711\nb.nii.gz,normal,CT,test,PAT-4711\n",
-         r"lines 2 and 3 give the same subject the splits 'train' and 'test'"),
+        (
+            "path,pathology,modality,split,subject\na.nii.gz,normal,CT,train,PAT-4711\nb.nii.gz,normal,CT,test,PAT-4711\n",
+            r"lines 2 and 3 give the same subject the splits 'train' and 'test'",
+        ),
     ],
 )
 def test_bad_csvs_are_input_errors_naming_line_and_problem(tmp_path, csv_text, message):
@@ -120,7 +127,9 @@ def test_missing_csv_and_mixed_2d_3d(tmp_path):
     write_scan(_volume(0.0), tmp_path / "v.nii.gz", "nifti")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "s.png")
     (tmp_path / "labels.csv").write_text("path,pathology,modality\nv.nii.gz,normal,CT\ns.png,normal,CT\n")
-    with pytest.raises(InputError, match=r"mixes 2D and 3D scans \(line 3: .*s\.png is 2D; line 2: .*v\.nii\.gz is 3D\)"):
+    with pytest.raises(
+        InputError, match=r"mixes 2D and 3D scans \(line 3: .*s\.png is 2D; line 2: .*v\.nii\.gz is 3D\)"
+    ):
         Catalog.from_csv(tmp_path / "labels.csv")
 
 
@@ -135,7 +144,9 @@ def test_split_column_is_used_as_given(tmp_path):
     csv_path = _dataset(tmp_path / "ds", ROWS, header="path,pathology,modality,subject,split")
     parts = Catalog.from_csv(csv_path).split({"a": 0.5, "b": 0.5}, seed=3)
     assert {k: [r.path.name for r in v] for k, v in parts.items()} == {
-        "train": ["a.nii.gz", "b.nii.gz"], "val": ["c.nii.gz"], "test": ["d.nii.gz"],
+        "train": ["a.nii.gz", "b.nii.gz"],
+        "val": ["c.nii.gz"],
+        "test": ["d.nii.gz"],
     }
 
 
@@ -154,8 +165,11 @@ def test_fraction_split_is_patient_disjoint_exact_and_deterministic(tmp_path):
     subjects = {k: {r.subject for r in v} for k, v in parts.items()}
     assert [len(subjects[k]) for k in ("train", "val", "test")] == [12, 4, 4]
     assert [len(parts[k]) for k in ("train", "val", "test")] == [24, 8, 8]
-    assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"]
-                or subjects["val"] & subjects["test"])
+    assert not (
+        subjects["train"] & subjects["val"]
+        or subjects["train"] & subjects["test"]
+        or subjects["val"] & subjects["test"]
+    )
     # the rare class (3 subjects) is spread over the three parts by the stratified deal
     assert all(any(r.pathology == "mass" for r in parts[k]) for k in parts)
     again = cat.split({"train": 0.6, "val": 0.2, "test": 0.2}, seed=7)

@@ -16,7 +16,6 @@ from medsynth.evaluation.sources import LabelledScans, load_labelled
 from medsynth.io.scan import Scan
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread: on a busy 2-core machine, 2 threads run these small CNNs 4x slower."""
@@ -126,8 +125,14 @@ def test_load_labelled_reads_a_manifest_and_rejects_bad_ones(tmp_path):
     lines = []
     for i, (path, mod) in enumerate([("nodule", "CT"), (["nodule", "effusion"], "CT"), ("normal", "MR")]):
         written = write_scan(_scan(float(i), mod), out / "nifti" / f"case-{i}", "nifti", case_id=f"case-{i}")
-        lines.append({"case_id": f"case-{i}", "pathology": path, "modality": mod,
-                      "files": {"png": "missing.png", "nifti": str(written.relative_to(out))}})
+        lines.append(
+            {
+                "case_id": f"case-{i}",
+                "pathology": path,
+                "modality": mod,
+                "files": {"png": "missing.png", "nifti": str(written.relative_to(out))},
+            }
+        )
     (out / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     data = load_labelled(out)
     assert data.labels == ["nodule/CT", "nodule|effusion/CT", "normal/MR"]
@@ -177,11 +182,18 @@ def test_fidelity_scores_good_synthetic_like_real_and_catches_mislabelled_collap
     cfg = FidelityConfig(in_size=32, encoder_steps=100, encoder_channels=(8, 16))
     good = _phantoms(10, seed=2)
     # Bad: every class shows the wrong pathology in the wrong modality, and one image repeated.
-    swap = {("normal", "CT"): ("effusion", "MR"), ("effusion", "CT"): ("normal", "MR"),
-            ("normal", "MR"): ("effusion", "CT"), ("effusion", "MR"): ("normal", "CT")}
+    swap = {
+        ("normal", "CT"): ("effusion", "MR"),
+        ("effusion", "CT"): ("normal", "MR"),
+        ("normal", "MR"): ("effusion", "CT"),
+        ("effusion", "MR"): ("normal", "CT"),
+    }
     one = _phantoms(1, seed=3, shown=swap)
-    bad = LabelledScans([s for s in one.scans for _ in range(10)], [p for p in one.pathologies for _ in range(10)],
-                        [m for m in one.modalities for _ in range(10)])
+    bad = LabelledScans(
+        [s for s in one.scans for _ in range(10)],
+        [p for p in one.pathologies for _ in range(10)],
+        [m for m in one.modalities for _ in range(10)],
+    )
     # a class the real set lacks is left out, not silently compared
     extra = _phantoms(2, seed=4, classes=[("mass", "CT")])
     rg = evaluate_fidelity(real_set, good.concat(extra), tmp_path / "good", cfg)
@@ -189,15 +201,24 @@ def test_fidelity_scores_good_synthetic_like_real_and_catches_mislabelled_collap
 
     on_disk = json.loads((tmp_path / "good" / "fidelity.json").read_text())
     assert on_disk["metrics"] == rg["metrics"]
-    assert rg["classes"] == {"compared": ["effusion/CT", "effusion/MR", "normal/CT", "normal/MR"],
-                             "excluded": {"mass/CT": "not in the real set"}}
+    assert rg["classes"] == {
+        "compared": ["effusion/CT", "effusion/MR", "normal/CT", "normal/MR"],
+        "excluded": {"mass/CT": "not in the real set"},
+    }
     # split: 24 per class -> 12 encoder, 6 + 6 held out; matched sets of 6 per class
     assert (rg["sizes"]["encoder"], rg["sizes"]["real_a"], rg["sizes"]["real_b"]) == (48, 24, 24)
     assert rg["sizes"]["matched_per_set"] == 24
     for name in rg["plots"]:
         assert (tmp_path / "good" / name).stat().st_size > 1000
-    assert set(rg["metrics"]) >= {"fid", "kid", "mmd", "precision", "recall", "conditional_accuracy",
-                                  "diversity_ms_ssim"}
+    assert set(rg["metrics"]) >= {
+        "fid",
+        "kid",
+        "mmd",
+        "precision",
+        "recall",
+        "conditional_accuracy",
+        "diversity_ms_ssim",
+    }
 
     g, b = rg["metrics"], rb["metrics"]
     # the real baseline does not depend on the synthetic set
@@ -231,18 +252,42 @@ def test_cli_fidelity_runs_on_csv_and_output_dir_and_fails_in_one_line(tmp_path,
     from medsynth.data.phantoms import phantom_dataset
     from medsynth.io import write_scan
 
-    real_csv = phantom_dataset(tmp_path / "real", dim=2, count=24, seed=7, size=32,
-                               pathologies=("normal", "effusion"), modalities=("CT",))
+    real_csv = phantom_dataset(
+        tmp_path / "real", dim=2, count=24, seed=7, size=32, pathologies=("normal", "effusion"), modalities=("CT",)
+    )
     gen = tmp_path / "gen"
     synth = _phantoms(4, seed=8, classes=[("normal", "CT"), ("effusion", "CT")])
     gen.mkdir()
     with (gen / "manifest.jsonl").open("w") as fh:
         for i, (scan, p, m) in enumerate(zip(synth.scans, synth.pathologies, synth.modalities)):
             path = write_scan(scan, gen / "nifti" / f"case-{i}", "nifti", case_id=f"case-{i}")
-            fh.write(json.dumps({"case_id": f"case-{i}", "pathology": p, "modality": m,
-                                 "files": {"nifti": str(path.relative_to(gen))}}) + "\n")
-    code = main(["evaluate", "fidelity", "--real", str(real_csv), "--synthetic", str(gen),
-                 "--out", str(tmp_path / "eval"), "--size", "32", "--encoder-steps", "20"])
+            fh.write(
+                json.dumps(
+                    {
+                        "case_id": f"case-{i}",
+                        "pathology": p,
+                        "modality": m,
+                        "files": {"nifti": str(path.relative_to(gen))},
+                    }
+                )
+                + "\n"
+            )
+    code = main(
+        [
+            "evaluate",
+            "fidelity",
+            "--real",
+            str(real_csv),
+            "--synthetic",
+            str(gen),
+            "--out",
+            str(tmp_path / "eval"),
+            "--size",
+            "32",
+            "--encoder-steps",
+            "20",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "conditional_accuracy" in out and "fidelity.json" in out
@@ -250,8 +295,18 @@ def test_cli_fidelity_runs_on_csv_and_output_dir_and_fails_in_one_line(tmp_path,
     assert report["sizes"]["synthetic"] == 8
     assert "phantom-" not in json.dumps(report)  # no subject identifiers in the report
 
-    code = main(["evaluate", "fidelity", "--real", str(tmp_path / "missing.csv"), "--synthetic", str(gen),
-                 "--out", str(tmp_path / "eval2")])
+    code = main(
+        [
+            "evaluate",
+            "fidelity",
+            "--real",
+            str(tmp_path / "missing.csv"),
+            "--synthetic",
+            str(gen),
+            "--out",
+            str(tmp_path / "eval2"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("medsynth: error: --real") and err.count("\n") == 1 and "Traceback" not in err

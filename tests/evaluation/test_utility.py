@@ -45,9 +45,9 @@ def test_macro_auroc_equals_the_mean_of_one_vs_rest_rank_aucs():
     proba = np.round(rng.random((60, 4)), 1)  # rounding makes ties, which count one half
     idx = {"a": 0, "b": 1, "c": 2}
     proba[:, 0] += 0.3 * (np.asarray(truth) == "a")
-    expected = np.mean([
-        _rank_auc(proba[np.asarray(truth) == c, k], proba[np.asarray(truth) != c, k]) for c, k in idx.items()
-    ])
+    expected = np.mean(
+        [_rank_auc(proba[np.asarray(truth) == c, k], proba[np.asarray(truth) != c, k]) for c, k in idx.items()]
+    )
     assert U.macro_auroc(truth, proba, classes) == pytest.approx(expected, abs=1e-6)  # MONAI sums in fp32
     with pytest.raises(ValueError, match="at least two classes"):
         U.macro_auroc(["a"] * 5, proba[:5], classes)
@@ -95,7 +95,7 @@ def test_three_arms_same_budget_rare_class_gain_and_ratio_sweep(sets, tmp_path, 
     calls: list[tuple[int, int, bool]] = []
     fit = ImageClassifier.fit
 
-    def spy(self, x, y, **kw):  # noqa: ANN001, ANN202
+    def spy(self, x, y, **kw):
         calls.append((self.config.steps, len(x), self.config.balanced))
         return fit(self, x, y, **kw)
 
@@ -139,8 +139,12 @@ def test_utility_refuses_bad_requests_before_training(sets, tmp_path):
         U.evaluate_utility(train, test, synthetic, tmp_path, arms=("real", "fake"))
     leaky = LabelledScans(test.scans, test.pathologies, test.modalities, ["s1"] + [None] * (len(test) - 1))
     with pytest.raises(InputError, match=r"--train and --test share 1 subject"):
-        U.evaluate_utility(LabelledScans(train.scans, train.pathologies, train.modalities,
-                                         ["s1"] + [None] * (len(train) - 1)), leaky, synthetic, tmp_path)
+        U.evaluate_utility(
+            LabelledScans(train.scans, train.pathologies, train.modalities, ["s1"] + [None] * (len(train) - 1)),
+            leaky,
+            synthetic,
+            tmp_path,
+        )
     assert not (tmp_path / "utility.json").exists()
 
 
@@ -148,10 +152,25 @@ def test_cli_utility_bad_ratios_is_a_one_line_error(tmp_path, capsys):
     from medsynth.cli import main
     from medsynth.data.phantoms import phantom_dataset
 
-    csv = phantom_dataset(tmp_path / "d", dim=2, count=8, seed=5, size=32, pathologies=("normal", "mass"),
-                          modalities=("CT",))
-    code = main(["evaluate", "utility", "--train", str(csv), "--test", str(csv), "--synthetic", str(csv),
-                 "--out", str(tmp_path / "u"), "--ratios", "0.5,lots"])
+    csv = phantom_dataset(
+        tmp_path / "d", dim=2, count=8, seed=5, size=32, pathologies=("normal", "mass"), modalities=("CT",)
+    )
+    code = main(
+        [
+            "evaluate",
+            "utility",
+            "--train",
+            str(csv),
+            "--test",
+            str(csv),
+            "--synthetic",
+            str(csv),
+            "--out",
+            str(tmp_path / "u"),
+            "--ratios",
+            "0.5,lots",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err == "medsynth: error: --ratios '0.5,lots': expected comma-separated numbers, e.g. 0.5,1,2\n"

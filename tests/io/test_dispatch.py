@@ -77,9 +77,7 @@ def test_dicom_folder_reads_as_one_series_and_round_trips(tmp_path, ct_volume):
     np.testing.assert_allclose(index_map, np.round(index_map), atol=1e-3)
     ijk = np.stack(np.meshgrid(*map(np.arange, scan.shape), indexing="ij"), -1).reshape(-1, 3)
     ijk_original = np.rint(ijk @ index_map[:3, :3].T + index_map[:3, 3]).astype(int)
-    np.testing.assert_allclose(
-        scan.array[0][tuple(ijk.T)], ct_volume.array[0][tuple(ijk_original.T)], atol=0.5
-    )
+    np.testing.assert_allclose(scan.array[0][tuple(ijk.T)], ct_volume.array[0][tuple(ijk_original.T)], atol=0.5)
     assert peek_spatial_dims(folder) == 3
     assert peek_spatial_dims(_pydicom_file("CT_small.dcm")) == 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from medsynth.errors import InputError
 from medsynth.io import FORMATS as FORMAT_NAMES
 from medsynth.io import detect_format, read_scan, write_scan

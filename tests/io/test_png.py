@@ -54,9 +54,7 @@ def test_colour_becomes_bt601_luminance(tmp_path):
     # 16-bit colour TIFF keeps its precision (Pillow alone would reduce it to 8 bits)
     rgb16 = rng.integers(0, 65536, size=(3, 4, 3)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "c16.tif", rgb16, photometric="rgb")
-    np.testing.assert_allclose(
-        read_png(tmp_path / "c16.tif").array[0], rgb16 @ [0.299, 0.587, 0.114], rtol=1e-6
-    )
+    np.testing.assert_allclose(read_png(tmp_path / "c16.tif").array[0], rgb16 @ [0.299, 0.587, 0.114], rtol=1e-6)
 
 
 def test_compressed_and_min_is_white_tiffs(tmp_path):

@@ -19,10 +19,18 @@ def make_tiny_config(dims: int, **overrides) -> ModelConfig:
         in_channels=1,
         pathologies=["effusion", "mass", "nodule", "normal"],
         modalities=["CT", "MR"],
-        autoencoder=dict(channels=[8, 8], latent_channels=2, num_res_blocks=1, attention_levels=[False, False],
-                         norm_num_groups=4, with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False),
-        unet=dict(channels=[8, 16], attention_levels=[False, True], num_res_blocks=1, norm_num_groups=4,
-                  num_head_channels=8),
+        autoencoder=dict(
+            channels=[8, 8],
+            latent_channels=2,
+            num_res_blocks=1,
+            attention_levels=[False, False],
+            norm_num_groups=4,
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        ),
+        unet=dict(
+            channels=[8, 16], attention_levels=[False, True], num_res_blocks=1, norm_num_groups=4, num_head_channels=8
+        ),
         cond_dim=8,
         preprocessing=pre.to_dict(),
         scale_factor=0.7,

@@ -21,7 +21,11 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module, **tol) -> bool:
 def test_round_trip(tiny_model, tmp_path):
     out = save_model(tiny_model, tmp_path / "m", card="# tiny\n")
     assert sorted(p.name for p in out.iterdir()) == [
-        "autoencoder.safetensors", "conditioner.safetensors", "config.json", "model_card.md", "unet.safetensors"
+        "autoencoder.safetensors",
+        "conditioner.safetensors",
+        "config.json",
+        "model_card.md",
+        "unet.safetensors",
     ]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["pathologies"] == tiny_model.pathologies and cfg["scale_factor"] == 0.7

@@ -30,8 +30,12 @@ def test_several_pathologies_are_the_mean_embedding(cond):
 
 
 def test_dropped_tokens_are_null_and_null_drops_both(cond):
-    ctx = cond(["mass", "mass"], ["CT", "CT"], drop_pathology=torch.tensor([True, False]),
-               drop_modality=torch.tensor([False, True]))
+    ctx = cond(
+        ["mass", "mass"],
+        ["CT", "CT"],
+        drop_pathology=torch.tensor([True, False]),
+        drop_modality=torch.tensor([False, True]),
+    )
     assert torch.equal(ctx[0, 0], cond.pathology_embedding.weight[0])
     assert torch.equal(ctx[0, 1], cond.modality_embedding.weight[1])
     assert torch.equal(ctx[1, 0], cond.pathology_embedding.weight[2])

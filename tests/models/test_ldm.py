@@ -49,8 +49,17 @@ def test_sliding_window_decode_covers_the_image(tiny_model):
 @pytest.mark.parametrize(
     "sched,cls",
     [
-        ({"kind": "ddpm", "num_train_timesteps": 100, "schedule": "cosine", "beta_start": 1e-4, "beta_end": 2e-2,
-          "prediction_type": "v_prediction"}, DDPMScheduler),
+        (
+            {
+                "kind": "ddpm",
+                "num_train_timesteps": 100,
+                "schedule": "cosine",
+                "beta_start": 1e-4,
+                "beta_end": 2e-2,
+                "prediction_type": "v_prediction",
+            },
+            DDPMScheduler,
+        ),
         ({"kind": "rflow", "num_train_timesteps": 100}, RFlowScheduler),
     ],
 )
@@ -73,8 +82,9 @@ def test_config_errors(tiny_config):
     with pytest.raises(InputError, match="scheduler.kind"):
         tiny_config(2, scheduler={"kind": "euler", "num_train_timesteps": 10})
     with pytest.raises(InputError, match="prediction_type"):
-        tiny_config(2, scheduler={"kind": "ddpm", "num_train_timesteps": 10, "schedule": "cosine",
-                                  "prediction_type": "x0"})
+        tiny_config(
+            2, scheduler={"kind": "ddpm", "num_train_timesteps": 10, "schedule": "cosine", "prediction_type": "x0"}
+        )
     with pytest.raises(InputError, match="unknown keys"):
         ModelConfig.from_dict({**tiny_config(2).to_dict(), "extra": 1})
     d = tiny_config(2).to_dict()

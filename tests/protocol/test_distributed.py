@@ -26,7 +26,9 @@ def _tree(out: Path) -> dict[str, str]:
     return files
 
 
-def test_two_ranks_shard_batches_and_merge_to_the_single_process_output(model_dirs, make_protocol, write_protocol, tmp_path):
+def test_two_ranks_shard_batches_and_merge_to_the_single_process_output(
+    model_dirs, make_protocol, write_protocol, tmp_path
+):
     doc = make_protocol(
         model_dirs["2d"],
         output={"dir": "out", "formats": ["dicom", "nifti"]},
@@ -43,8 +45,18 @@ def test_two_ranks_shard_batches_and_merge_to_the_single_process_output(model_di
     sharded = tmp_path / "sharded"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "medsynth.cli", "generate", str(protocol), "--out", str(sharded), "--json",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "medsynth.cli",
+        "generate",
+        str(protocol),
+        "--out",
+        str(sharded),
+        "--json",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,7 +26,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_generates_exactly_the_quotas_with_a_complete_manifest(model_dirs, make_protocol, write_protocol, tmp_path, capsys):
+def test_generates_exactly_the_quotas_with_a_complete_manifest(
+    model_dirs, make_protocol, write_protocol, tmp_path, capsys
+):
     doc = make_protocol(model_dirs["2d"], output={"dir": "out", "formats": ["dicom", "nifti", "png"]})
     path = write_protocol(doc)
     assert main(["generate", str(path)]) == 0
@@ -37,7 +39,11 @@ def test_generates_exactly_the_quotas_with_a_complete_manifest(model_dirs, make_
     lines = _manifest(out)
     assert Counter((r["pathology"], r["modality"]) for r in lines) == {("normal", "CT"): 3, ("nodule", "MR"): 2}
     assert [r["case_id"] for r in lines] == [
-        "normal-CT-00000", "normal-CT-00001", "normal-CT-00002", "nodule-MR-00000", "nodule-MR-00001"
+        "normal-CT-00000",
+        "normal-CT-00001",
+        "normal-CT-00002",
+        "nodule-MR-00000",
+        "nodule-MR-00001",
     ]
     protocol_sha = _sha(path)
     listed = set()
@@ -66,7 +72,7 @@ def test_generates_exactly_the_quotas_with_a_complete_manifest(model_dirs, make_
     assert nifti.shape == (16, 16) and nifti.spacing == (2.5, 2.5)
     np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-4)
     np.testing.assert_allclose(dicom.array, nifti.array, atol=1.0)  # DICOM stores integer HU
-    assert -1000.0 <= nifti.array.min() and nifti.array.max() <= 1000.0
+    assert nifti.array.min() >= -1000.0 and nifti.array.max() <= 1000.0
 
     # MONAI reads the datalist.
     from monai.data import load_decathlon_datalist
@@ -90,8 +96,12 @@ def test_a_case_regenerates_alone_from_its_manifest_seed(model_dirs, make_protoc
     synth = Synthesizer(load_model(model_dirs["2d"]))
     s = line["sampler"]
     again = synth.generate(
-        [line["pathology"]], [line["modality"]], [line["seed"]],
-        num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"], sampler=s["method"],
+        [line["pathology"]],
+        [line["modality"]],
+        [line["seed"]],
+        num_inference_steps=s["steps"],
+        guidance_scale=s["guidance_scale"],
+        sampler=s["method"],
     )[0]
     written = read_scan(tmp_path / "out" / line["files"]["nifti"])
     np.testing.assert_allclose(written.array, again.array, atol=1e-3)
@@ -217,7 +227,9 @@ def test_extend_mode_varies_source_scans(model_dirs, make_protocol, write_protoc
     result = generate(write_protocol(doc))
     lines = _manifest(tmp_path / "out")
     assert [r["extend"] for r in lines] == [
-        {"source_index": 0, "strength": 0.5}, {"source_index": 1, "strength": 0.5}, {"source_index": 0, "strength": 0.5}
+        {"source_index": 0, "strength": 0.5},
+        {"source_index": 1, "strength": 0.5},
+        {"source_index": 0, "strength": 0.5},
     ]
     assert "real/" not in json.dumps(lines), "source paths never reach the manifest"
     assert result.summary["quotas"][0]["extend_strength"] == 0.5
@@ -257,7 +269,10 @@ def test_generate_validates_first(text, write_protocol, tmp_path, capsys):
 def test_unusable_output_folders_are_clean_errors(model_dirs, make_protocol, write_protocol, tmp_path, capsys):
     path = write_protocol(make_protocol(model_dirs["2d"]))
     (tmp_path / "afile").write_text("x")
-    for out, words in [(tmp_path / "afile", "is a file"), (Path("/proc/medsynth-cannot-exist"), "run the same command")]:
+    for out, words in [
+        (tmp_path / "afile", "is a file"),
+        (Path("/proc/medsynth-cannot-exist"), "run the same command"),
+    ]:
         assert main(["generate", str(path), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"medsynth: error: {out}") and words in err[0], err

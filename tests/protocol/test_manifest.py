@@ -50,12 +50,16 @@ def test_preferred_file_is_nifti_then_dicom_then_png():
         record = ManifestRecord(pathology="normal", modality="CT", files=dict(files))
         assert record.preferred_file() == want
         del files[fmt]
-    with pytest.raises(ValueError, match=r"files \['mask'\] has none of the readable formats \['nifti', 'dicom', 'png'\]"):
+    with pytest.raises(
+        ValueError, match=r"files \['mask'\] has none of the readable formats \['nifti', 'dicom', 'png'\]"
+    ):
         ManifestRecord(pathology="normal", modality="CT", files={"mask": "m.nii.gz"})
 
 
 def test_a_hand_made_line_needs_pathology_modality_and_files():
-    record = ManifestRecord.from_dict({"pathology": ["nodule", "effusion"], "modality": "CT", "files": {"png": "a.png"}})
+    record = ManifestRecord.from_dict(
+        {"pathology": ["nodule", "effusion"], "modality": "CT", "files": {"png": "a.png"}}
+    )
     assert record.pathology == "nodule|effusion"  # a list is joined in its order
     assert record.case_id is None and record.to_dict() == {
         "pathology": "nodule|effusion",

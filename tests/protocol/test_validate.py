@@ -56,7 +56,9 @@ SHAPE_CASES = [
 
 
 @pytest.mark.parametrize("override, where, words", SHAPE_CASES)
-def test_schema_errors_name_field_value_and_allowed(override, where, words, model_dirs, make_protocol, write_protocol, tmp_path, capsys):
+def test_schema_errors_name_field_value_and_allowed(
+    override, where, words, model_dirs, make_protocol, write_protocol, tmp_path, capsys
+):
     path = write_protocol(make_protocol(model_dirs["2d"], **override))
     code, lines, _ = _validate(path, capsys)
     _assert_clean_failure(code, lines, tmp_path)
@@ -102,7 +104,11 @@ def test_yaml_tags_never_execute(write_protocol, tmp_path, capsys):
 def test_binary_missing_and_folder(tmp_path, capsys):
     junk = tmp_path / "junk.yaml"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
-    for target, words in [(junk, "not UTF-8"), (tmp_path / "nope.yaml", "no such protocol file"), (tmp_path, "is a folder")]:
+    for target, words in [
+        (junk, "not UTF-8"),
+        (tmp_path / "nope.yaml", "no such protocol file"),
+        (tmp_path, "is a folder"),
+    ]:
         code, lines, _ = _validate(target, capsys)
         assert code == 2 and len(lines) == 1 and words in lines[0], lines
     nul = tmp_path / "nul.yaml"
@@ -128,9 +134,24 @@ def test_all_errors_are_collected(model_dirs, make_protocol, write_protocol, tmp
 
 SEMANTIC_CASES = [
     # (model key, overrides, field path, words)
-    ("2d", {"quotas": [{"pathology": "nodul", "modality": "CT", "count": 1}]}, "quotas[0].pathology", "did you mean 'nodule'"),
-    ("2d", {"quotas": [{"pathology": "nodule|effusion", "modality": "CT", "count": 1}]}, "quotas[0].pathology", "'effusion'"),
-    ("2d", {"quotas": [{"pathology": "nodule", "modality": "PET", "count": 1}]}, "quotas[0].modality", "allowed: CT, MR"),
+    (
+        "2d",
+        {"quotas": [{"pathology": "nodul", "modality": "CT", "count": 1}]},
+        "quotas[0].pathology",
+        "did you mean 'nodule'",
+    ),
+    (
+        "2d",
+        {"quotas": [{"pathology": "nodule|effusion", "modality": "CT", "count": 1}]},
+        "quotas[0].pathology",
+        "'effusion'",
+    ),
+    (
+        "2d",
+        {"quotas": [{"pathology": "nodule", "modality": "PET", "count": 1}]},
+        "quotas[0].modality",
+        "allowed: CT, MR",
+    ),
     ("2d", {"sampler": {"method": "rflow", "steps": 2}}, "sampler.method", "allowed: ddpm, ddim, dpm++"),
     ("rflow", {"sampler": {"method": "ddim", "steps": 2}}, "sampler.method", "allowed: rflow"),
     (
@@ -152,7 +173,9 @@ SEMANTIC_CASES = [
 
 
 @pytest.mark.parametrize("model, override, where, words", SEMANTIC_CASES)
-def test_errors_against_the_model_and_data(model, override, where, words, model_dirs, make_protocol, write_protocol, tmp_path, capsys):
+def test_errors_against_the_model_and_data(
+    model, override, where, words, model_dirs, make_protocol, write_protocol, tmp_path, capsys
+):
     code, lines, _ = _validate(write_protocol(make_protocol(model_dirs[model], **override)), capsys)
     _assert_clean_failure(code, lines, tmp_path)
     hits = [line for line in lines if f": {where}:" in line]
@@ -205,12 +228,12 @@ def test_protocol_schema_command_prints_the_json_schema(capsys):
 
 def test_names_match_the_rest_of_medsynth():
     from medsynth.io import FORMATS
-    from medsynth.sampling.samplers import SAMPLERS
     from medsynth.models.ldm import GUIDANCE_RANGE
+    from medsynth.sampling.samplers import SAMPLERS
 
     assert set(SAMPLER_NAMES) == set(SAMPLERS)
     assert set(FORMAT_NAMES) == set(FORMATS)
-    assert MAX_GUIDANCE == GUIDANCE_RANGE[1]
+    assert GUIDANCE_RANGE[1] == MAX_GUIDANCE
 
 
 def test_docstring_example_parses():

@@ -31,11 +31,17 @@ def test_relative_paths_resolve_against_the_yaml(tmp_path, tiny_cfg):
     "change,expected",
     [
         (lambda c: c["stage2"].update(shceduler={}), r"c\.yaml: stage2\.shceduler: unknown key"),
-        (lambda c: c["stage2"].update(scheduler={"schedule": "quadratic"}), r"stage2\.scheduler\.schedule: Input should be"),
+        (
+            lambda c: c["stage2"].update(scheduler={"schedule": "quadratic"}),
+            r"stage2\.scheduler\.schedule: Input should be",
+        ),
         (lambda c: c["stage1"].update(steps=0), r"stage1\.steps: Input should be greater than or equal to 1"),
         (lambda c: c.update(data={}), r"data: give exactly one of 'labels'"),
         (lambda c: c["data"].update(phantoms={"dim": 2, "count": 16}), r"data: give exactly one of"),
-        (lambda c: c["preprocessing"].update(size=[15, 15]), r"must be divisible by the autoencoder downsampling factor 2"),
+        (
+            lambda c: c["preprocessing"].update(size=[15, 15]),
+            r"must be divisible by the autoencoder downsampling factor 2",
+        ),
         (lambda c: c["stage1"].update(patch_size=[8]), r"stage1.patch_size \[8\] needs 2 values"),
         (lambda c: c.update(device="tpu"), r"device: Input should be 'auto', 'cpu' or 'cuda'"),
     ],
@@ -66,11 +72,11 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_fingerprint_ignores_bookkeeping_only(tmp_path, tiny_cfg):
     a = parse_config(tiny_cfg(Path("l.csv"), tmp_path))
-    b = parse_config(tiny_cfg(Path("l.csv"), tmp_path / "elsewhere", log_every=7, threads=2,
-                              default_guidance_scale=5.0))
+    b = parse_config(
+        tiny_cfg(Path("l.csv"), tmp_path / "elsewhere", log_every=7, threads=2, default_guidance_scale=5.0)
+    )
     c = parse_config(tiny_cfg(Path("l.csv"), tmp_path, stage2={"lr": 1e-3}))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
-
 
 
 def test_fingerprint_is_the_same_for_one_file_named_two_ways(tmp_path, tiny_cfg):
@@ -82,6 +88,7 @@ def test_fingerprint_is_the_same_for_one_file_named_two_ways(tmp_path, tiny_cfg)
     b = load_config(_write(tmp_path / "runs" / "exp" / "y.yaml", tiny_cfg(Path("../../data/l.csv"), Path("out"))))
     assert a.data.labels == b.data.labels == (tmp_path / "data" / "l.csv").resolve()
     assert a.fingerprint("stage1") == b.fingerprint("stage1") and a.fingerprint() == b.fingerprint()
+
 
 def test_cli_reports_a_bad_config_on_one_line(tmp_path, tiny_cfg, capsys):
     cfg = tiny_cfg(Path("labels.csv"), tmp_path)

@@ -23,9 +23,20 @@ def test_two_process_gloo_training_agrees(phantoms_2d, tiny_cfg, tmp_path):
     reports.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(DRIVER), str(config), str(reports)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(DRIVER),
+            str(config),
+            str(reports),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((reports / "rank0.json").read_text())

@@ -24,8 +24,14 @@ def _weights(model_dir) -> dict[str, torch.Tensor]:
 
 
 def test_train_2d_writes_a_loadable_model(phantoms_2d, tiny_cfg, tmp_path, capsys):
-    cfg = parse_config(tiny_cfg(phantoms_2d, tmp_path, default_guidance_scale=4.5, stage2={
-        "scheduler": {"kind": "ddpm", "schedule": "cosine", "prediction_type": "v_prediction"}}))
+    cfg = parse_config(
+        tiny_cfg(
+            phantoms_2d,
+            tmp_path,
+            default_guidance_scale=4.5,
+            stage2={"scheduler": {"kind": "ddpm", "schedule": "cosine", "prediction_type": "v_prediction"}},
+        )
+    )
     out = pipeline.train(cfg, progress=False, command="medsynth train tiny.yaml")
     model = load_model(out)
     assert model.spatial_dims == 2 and model.latent_shape == (2, 8, 8)
@@ -50,13 +56,16 @@ def test_train_2d_writes_a_loadable_model(phantoms_2d, tiny_cfg, tmp_path, capsy
 
 
 def test_train_3d_from_generated_phantoms_with_rflow(tiny_cfg, tmp_path):
-    cfg = parse_config(tiny_cfg(
-        None, tmp_path,
-        data={"phantoms": {"dim": 3, "count": 16, "seed": 1, "size": 32}},
-        preprocessing={"size": [16, 16, 16]},
-        stage1={"patch_size": [8, 8, 8], "adv_weight": 0.0, "batch_size": 2},
-        stage2={"batch_size": 2, "scheduler": {"kind": "rflow", "num_train_timesteps": 100}},
-    ))
+    cfg = parse_config(
+        tiny_cfg(
+            None,
+            tmp_path,
+            data={"phantoms": {"dim": 3, "count": 16, "seed": 1, "size": 32}},
+            preprocessing={"size": [16, 16, 16]},
+            stage1={"patch_size": [8, 8, 8], "adv_weight": 0.0, "batch_size": 2},
+            stage2={"batch_size": 2, "scheduler": {"kind": "rflow", "num_train_timesteps": 100}},
+        )
+    )
     out = pipeline.train(cfg, progress=False)
     model = load_model(out)
     assert model.spatial_dims == 3 and model.latent_shape == (2, 8, 8, 8)

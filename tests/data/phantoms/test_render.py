@@ -21,7 +21,6 @@ from medsynth.data.phantoms import (
 )
 from medsynth.errors import InputError
 
-
 T = {name: i for i, name in enumerate(TISSUE_NAMES)}
 
 

@@ -137,7 +137,9 @@ def test_dcm2niix_agrees_with_scan_geometry_and_voxels(tmp_path, modality, obliq
     files = write_dicom(scan, tmp_path / "series", case_id="n-1")
     proc = subprocess.run(
         ["dcm2niix", "-z", "n", "-b", "n", "-f", "out", "-o", str(tmp_path), str(tmp_path / "series")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = nib.as_closest_canonical(nib.load(tmp_path / "out.nii"))
@@ -195,10 +197,15 @@ def test_2d_write_read_round_trip(tmp_path, modality, channels):
     assert back.spacing == scan.spacing and back.slice_thickness == pytest.approx(3.0)
     assert back.orientation == scan.orientation
     assert back.metadata["series_kind"] == "slice"
-    assert ds.SOPClassUID.name == {
-        "CT": "CT Image Storage", "MR": "MR Image Storage", "CR": "Secondary Capture Image Storage",
-        "OT": "Secondary Capture Image Storage",
-    }[modality]
+    assert (
+        ds.SOPClassUID.name
+        == {
+            "CT": "CT Image Storage",
+            "MR": "MR Image Storage",
+            "CR": "Secondary Capture Image Storage",
+            "OT": "Secondary Capture Image Storage",
+        }[modality]
+    )
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
@@ -267,7 +274,9 @@ def test_uneven_spacing_is_an_error_not_averaged(ct_series):
     _, folder = ct_series
     ds = pydicom.dcmread(folder / "00003.dcm")
     z = float(ds.ImagePositionPatient[2])
-    _rewrite(folder / "00003.dcm", ImagePositionPatient=[ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z + 0.2])
+    _rewrite(
+        folder / "00003.dcm", ImagePositionPatient=[ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z + 0.2]
+    )
     with pytest.raises(InputError, match=r"uneven slice spacing.*median step is 2.5000 mm"):
         read_dicom(folder)
 
@@ -276,7 +285,9 @@ def test_small_position_rounding_is_tolerated(ct_series):
     scan, folder = ct_series
     ds = pydicom.dcmread(folder / "00003.dcm")
     z = float(ds.ImagePositionPatient[2])
-    _rewrite(folder / "00003.dcm", ImagePositionPatient=[ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z + 0.001])
+    _rewrite(
+        folder / "00003.dcm", ImagePositionPatient=[ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z + 0.001]
+    )
     np.testing.assert_array_equal(read_dicom(folder).array, scan.array)
 
 
@@ -301,7 +312,10 @@ def test_two_series_in_a_folder(tmp_path, ct_series):
     assert "[series 1, 5 files]" in str(err.value)
     (mixed / "b" / "00002.dcm").unlink()  # break the MR series: the CT still reads
     results = read_dicom_series(mixed)
-    assert [label for label, _ in results] == [f"{mixed / 'a'} [series 1, 5 files]", f"{mixed / 'b'} [series 1, 4 files]"]
+    assert [label for label, _ in results] == [
+        f"{mixed / 'a'} [series 1, 5 files]",
+        f"{mixed / 'b'} [series 1, 4 files]",
+    ]
     assert isinstance(results[0][1], Scan) and results[0][1].modality == "CT"
     assert isinstance(results[1][1], InputError) and "missing slice" in str(results[1][1])
     for label, _ in results:  # labels never carry UIDs
@@ -360,8 +374,14 @@ def test_colour_images_are_three_rgb_channels(name, shape, max_diff):
 
 @pytest.mark.parametrize(
     "name, shape",
-    [("JPGExtended.dcm", (1, 1024, 256)), ("JPEG2000.dcm", (1, 1024, 256)), ("SC_rgb_jpeg.dcm", (3, 256, 256)),
-     ("JPEGLSNearLossless_16.dcm", (1, 50, 10)), ("693_J2KI.dcm", (1, 512, 512)), ("image_dfl.dcm", (1, 512, 512))],
+    [
+        ("JPGExtended.dcm", (1, 1024, 256)),
+        ("JPEG2000.dcm", (1, 1024, 256)),
+        ("SC_rgb_jpeg.dcm", (3, 256, 256)),
+        ("JPEGLSNearLossless_16.dcm", (1, 50, 10)),
+        ("693_J2KI.dcm", (1, 512, 512)),
+        ("image_dfl.dcm", (1, 512, 512)),
+    ],
 )
 def test_compressed_files_read(name, shape):
     scan = read_dicom(_testfile(name))
@@ -421,8 +441,11 @@ def test_enhanced_multiframe_matches_single_frame_series(tmp_path):
     files = write_dicom(scan, tmp_path / "s", case_id="mf")
     datasets = [pydicom.dcmread(f) for f in files]
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        legacy_datasets=datasets[::-1], series_instance_uid=hd.UID(), series_number=2,
-        sop_instance_uid=hd.UID(), instance_number=1,
+        legacy_datasets=datasets[::-1],
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
     )
     enhanced.save_as(tmp_path / "enhanced.dcm")
     back = read_dicom(tmp_path / "enhanced.dcm")
@@ -579,7 +602,11 @@ def test_written_files_are_marked_synthetic_and_carry_full_geometry(ct_series):
         assert ds.PatientName == "SYNTHETIC^ct-1" and ds.PatientID == "SYN-ct-1"
         item = ds.ContributingEquipmentSequence[0]
         code = item.PurposeOfReferenceCodeSequence[0]
-        assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("109100", "DCM", "Synthesizing Equipment")
+        assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+            "109100",
+            "DCM",
+            "Synthesizing Equipment",
+        )
         assert "medsynth" in item.Manufacturer and item.SoftwareVersions == f"medsynth {__version__}"
         assert ds.InstanceNumber == k + 1
         np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], lps[:3, 3] + k * lps[:3, 0], atol=1e-9)
@@ -625,12 +652,29 @@ def test_no_input_identifier_reaches_the_output(tmp_path):
     scan = read_dicom(path)
     files = write_dicom(scan, tmp_path / "s", case_id="anon")
     blob = files[0].read_bytes()
-    identifiers = [str(src.PatientName), src.PatientID, src.StudyInstanceUID, src.SeriesInstanceUID,
-                   src.SOPInstanceUID, src.FrameOfReferenceUID, src.StudyDate, src.get("InstitutionName", "")]
+    identifiers = [
+        str(src.PatientName),
+        src.PatientID,
+        src.StudyInstanceUID,
+        src.SeriesInstanceUID,
+        src.SOPInstanceUID,
+        src.FrameOfReferenceUID,
+        src.StudyDate,
+        src.get("InstitutionName", ""),
+    ]
     for value in filter(None, identifiers):
         assert value.encode() not in blob, value
-    assert set(scan.metadata) <= {"source_format", "series_kind", "transfer_syntax", "photometric",
-                                  "manufacturer_model", "bits_stored", "window_center", "window_width", "body_part"}
+    assert set(scan.metadata) <= {
+        "source_format",
+        "series_kind",
+        "transfer_syntax",
+        "photometric",
+        "manufacturer_model",
+        "bits_stored",
+        "window_center",
+        "window_width",
+        "body_part",
+    }
 
 
 def test_sc_forced_and_other_modalities(tmp_path):
@@ -653,7 +697,9 @@ def test_write_refuses_bad_input_and_leaves_nothing(tmp_path, monkeypatch):
     ]
     sheared = np.eye(4)
     sheared[0, 1] = 0.3
-    cases.append((dict(scan=Scan(np.zeros((1, 3, 4, 5), np.float32), sheared, "CT"), case_id="ok"), r"sheared|orthogonal"))
+    cases.append(
+        (dict(scan=Scan(np.zeros((1, 3, 4, 5), np.float32), sheared, "CT"), case_id="ok"), r"sheared|orthogonal")
+    )
     for kwargs, pattern in cases:
         with pytest.raises(InputError, match=pattern):
             write_dicom(out_dir=tmp_path / "out", **kwargs)
@@ -701,7 +747,9 @@ def test_rewriting_a_case_replaces_its_series(tmp_path):
 
 def test_converted_real_scan_is_not_marked_synthetic(tmp_path):
     """`convert` writes SyntheticData NO and an anonymous patient; generated output stays YES."""
-    scan = Scan(np.linspace(-500, 500, 2 * 8 * 8, dtype=np.float32).reshape(1, 2, 8, 8), np.diag([2.0, 1.0, 1.0, 1.0]), "CT")
+    scan = Scan(
+        np.linspace(-500, 500, 2 * 8 * 8, dtype=np.float32).reshape(1, 2, 8, 8), np.diag([2.0, 1.0, 1.0, 1.0]), "CT"
+    )
     synth = write_dicom(scan, tmp_path / "syn", case_id="c1")
     real = write_dicom(scan, tmp_path / "real", case_id="c1", synthetic=False)
     a, b = pydicom.dcmread(synth[0]), pydicom.dcmread(real[0])
