@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import combinations
+from typing import cast
 
 import numpy as np
 import torch
@@ -174,5 +175,8 @@ def mean_pairwise_ms_ssim(images: torch.Tensor, *, max_pairs: int = 300, seed: i
     b = torch.stack([images[j] for _, j in pairs]).float()
     settings = ms_ssim_settings(tuple(images.shape[2:]), spatial_dims=images.ndim - 2)
     metric = MultiScaleSSIMMetric(**settings, reduction="none")
-    values = torch.cat([metric(a[i : i + 256], b[i : i + 256]).flatten() for i in range(0, len(a), 256)])
+    # reduction="none" gives one tensor of per-pair values (MONAI types the return more widely).
+    values = torch.cat(
+        [cast(torch.Tensor, metric(a[i : i + 256], b[i : i + 256])).flatten() for i in range(0, len(a), 256)]
+    )
     return float(values.mean())

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -104,7 +104,8 @@ def macro_auroc(truth: list[str], proba: np.ndarray, classes: list[str]) -> floa
     if len(present) < 2:
         raise ValueError(f"AUROC needs at least two classes in the test set; got {sorted(set(truth))}")
     onehot = torch.tensor([[float(t == classes[k]) for k in present] for t in truth])
-    return float(compute_roc_auc(torch.as_tensor(proba[:, present], dtype=torch.float64), onehot, average="macro"))
+    auc = compute_roc_auc(torch.as_tensor(proba[:, present], dtype=torch.float64), onehot, average="macro")
+    return float(cast(float, auc))  # average="macro" gives one number
 
 
 def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -202,8 +203,9 @@ class _Runs:
         runs = []
         for s in self.seeds:
             x, y, n_syn = training(s) if callable(training) else training
-            res = _fit_and_score(x, y, self.x_test, self.y_test, self.classes, self.cfg, self.steps,
-                                 derive_seed("utility", s))
+            res = _fit_and_score(
+                x, y, self.x_test, self.y_test, self.classes, self.cfg, self.steps, derive_seed("utility", s)
+            )
             runs.append({"n_train": len(y), "n_synthetic": n_syn, **res, "seed": s})
         return summarise(runs, self.classes)
 
@@ -306,8 +308,10 @@ def _arms_plot(report_arms: dict[str, dict], out: Path) -> list[str]:
         arm: {
             "balanced acc.": (a["balanced_accuracy"], *a["ci95"]["balanced_accuracy"]),
             "macro AUROC": (a["auroc"], *a["ci95"]["auroc"]),
-            **{f"recall {c}": (a["per_class_recall"][c], *a["ci95"]["per_class_recall"][c])
-               for c in a["per_class_recall"]},
+            **{
+                f"recall {c}": (a["per_class_recall"][c], *a["ci95"]["per_class_recall"][c])
+                for c in a["per_class_recall"]
+            },
         }
         for arm, a in report_arms.items()
     }
@@ -321,14 +325,23 @@ def _ratio_plot(sweep: dict[str, dict], report_arms: dict[str, dict], out: Path)
     xs = [float(k) for k in sweep]
     curves = {"balanced accuracy": "balanced_accuracy", "macro AUROC": "auroc"}
     lines = {
-        label: ([sweep[k][key] for k in sweep], [sweep[k]["ci95"][key][0] for k in sweep],
-                [sweep[k]["ci95"][key][1] for k in sweep])
+        label: (
+            [sweep[k][key] for k in sweep],
+            [sweep[k]["ci95"][key][0] for k in sweep],
+            [sweep[k]["ci95"][key][1] for k in sweep],
+        )
         for label, key in curves.items()
     }
     base = {label: report_arms["real"][key] for label, key in curves.items()} if "real" in report_arms else None
     return [
-        plots.metric_curves(xs, lines, out / "utility_ratio.png", xlabel="synthetic : real ratio",
-                            baselines=base, title="real+synthetic against mixing ratio (dashed: real only)").name
+        plots.metric_curves(
+            xs,
+            lines,
+            out / "utility_ratio.png",
+            xlabel="synthetic : real ratio",
+            baselines=base,
+            title="real+synthetic against mixing ratio (dashed: real only)",
+        ).name
     ]
 
 
@@ -368,8 +381,12 @@ def evaluate_utility(
     classes = _check_inputs(train, test, synthetic, cfg, ratios, arms)
 
     steps = cfg.budget(len(train))
-    pool = _Pool(prepare(train.scans, cfg.in_size), train.pathologies,
-                 prepare(synthetic.scans, cfg.in_size), synthetic.pathologies)
+    pool = _Pool(
+        prepare(train.scans, cfg.in_size),
+        train.pathologies,
+        prepare(synthetic.scans, cfg.in_size),
+        synthetic.pathologies,
+    )
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     runs = _Runs(prepare(test.scans, cfg.in_size), test.pathologies, classes, cfg, steps, seeds)
     report_arms = _train_arms(runs, pool, arms)

@@ -39,6 +39,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from diffusers import DPMSolverMultistepScheduler
@@ -101,7 +102,9 @@ class Sampler(ABC):
 class MonaiSampler(Sampler):
     """MONAI DDPM/DDIM on a respaced schedule: step ``i`` is respaced time ``n - 1 - i``."""
 
-    def __init__(self, name: str, scheduler: Scheduler, model_timesteps: torch.Tensor, stochastic: bool) -> None:
+    def __init__(
+        self, name: str, scheduler: DDPMScheduler | DDIMScheduler, model_timesteps: torch.Tensor, stochastic: bool
+    ) -> None:
         self.name = name
         self.scheduler = scheduler
         self.timesteps = model_timesteps
@@ -162,7 +165,7 @@ class RFlowSampler(Sampler):
         self.timesteps = scheduler.timesteps
         values = [t.item() for t in scheduler.timesteps]
         self._t = values
-        self._next = values[1:] + [0]
+        self._next = [*values[1:], 0]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         t = torch.full((x0.shape[0],), self._t[index], dtype=self.timesteps.dtype, device=x0.device)
@@ -201,7 +204,9 @@ def register(name: str, *, kind: str) -> Callable[[SamplerFactory], SamplerFacto
     return deco
 
 
-def _respaced(train: Scheduler, n: int, cls: type[Scheduler], **kwargs: object) -> tuple[Scheduler, torch.Tensor]:
+def _respaced(
+    train: Scheduler, n: int, cls: type[DDPMScheduler] | type[DDIMScheduler], **kwargs: Any
+) -> tuple[DDPMScheduler | DDIMScheduler, torch.Tensor]:
     """A MONAI scheduler of class ``cls`` on ``train``'s schedule respaced to ``n`` timesteps."""
     T = train.num_train_timesteps
     # MONAI's own spacing (linspace from T-1 to 0), so the UNet sees the timesteps MONAI would use.
@@ -210,7 +215,9 @@ def _respaced(train: Scheduler, n: int, cls: type[Scheduler], **kwargs: object) 
         num_train_timesteps=n,
         schedule="medsynth_respaced",
         alphas_cumprod=train.alphas_cumprod[model_t.flip(0)],
-        prediction_type=train.prediction_type,
+        # Every MONAI noise scheduler sets prediction_type (a str) in its __init__; the base class
+        # does not declare it, so nn.Module's __getattr__ typing would claim a Tensor.
+        prediction_type=cast(str, train.prediction_type),
         clip_sample=False,
         **kwargs,
     )
@@ -255,6 +262,8 @@ def dpmpp(train: Scheduler, num_inference_steps: int, latent_shape: Sequence[int
 def rflow(train: Scheduler, num_inference_steps: int, latent_shape: Sequence[int]) -> Sampler:
     """Rectified-flow Euler integration, Liu et al. 2023 (arXiv:2209.03003), MONAI RFlowScheduler."""
     # A fresh scheduler with the training one's settings: set_timesteps mutates it.
+    if not isinstance(train, RFlowScheduler):
+        raise TypeError(f"rflow sampling needs a model trained with RFlowScheduler, not {type(train).__name__}")
     sched = RFlowScheduler(
         num_train_timesteps=train.num_train_timesteps,
         use_discrete_timesteps=train.use_discrete_timesteps,

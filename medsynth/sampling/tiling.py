@@ -16,6 +16,7 @@ numbers are in docs/performance.md ("3D decoding").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -79,4 +80,5 @@ def decode_tiled(
         device=torch.device(output_device) if output_device is not None else z.device,
     )
     # One item at a time: the blend buffers are full-resolution, so this bounds them to one volume.
-    return torch.cat([inferer(z[j : j + 1], decode) for j in range(z.shape[0])])
+    # The inferer returns what ``decode`` returns: one tensor here.
+    return torch.cat([cast(torch.Tensor, inferer(z[j : j + 1], decode)) for j in range(z.shape[0])])

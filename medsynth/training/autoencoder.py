@@ -10,13 +10,15 @@ would have to be downloaded, so it is not used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import cast
 
 import torch
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from medsynth.seeding import torch_generator
 from medsynth.training.config import Stage1Config
@@ -54,13 +56,16 @@ def random_crops(x: torch.Tensor, patch: list[int] | None, g: torch.Generator) -
         return x
     crops = []
     for item in x:
-        starts = [int(torch.randint(0, s - p + 1, (1,), generator=g, device=g.device)) for s, p in zip(x.shape[2:], patch)]
+        starts = [
+            int(torch.randint(0, s - p + 1, (1,), generator=g, device=g.device)) for s, p in zip(x.shape[2:], patch)
+        ]
         crops.append(item[(slice(None), *(slice(a, a + p) for a, p in zip(starts, patch)))])
     return torch.stack(crops)
 
 
-def _no_sync(module: nn.Module, skip: bool):
-    return module.no_sync() if skip and hasattr(module, "no_sync") else nullcontext()
+def _no_sync(module: nn.Module, skip: bool) -> AbstractContextManager[None]:
+    """DDP's ``no_sync`` while accumulating gradients (a plain module has none: nothing to skip)."""
+    return cast(DistributedDataParallel, module).no_sync() if skip and hasattr(module, "no_sync") else nullcontext()
 
 
 def build_stage1(
@@ -94,7 +99,10 @@ def build_stage1(
     adv = PatchAdversarialLoss(criterion="least_squares")
     if cfg.adv_weight > 0:
         disc = PatchDiscriminator(
-            spatial_dims=dims, channels=cfg.disc_channels, in_channels=train_x.shape[1], num_layers_d=cfg.disc_layers,
+            spatial_dims=dims,
+            channels=cfg.disc_channels,
+            in_channels=train_x.shape[1],
+            num_layers_d=cfg.disc_layers,
             norm="INSTANCE",  # batch statistics would differ between ranks and between batch sizes
         ).to(run.device)
         disc_w = wrap(disc, run.dist)
@@ -117,6 +125,7 @@ def build_stage1(
                 kl = kl_loss(z_mu.float(), z_sigma.float())
                 loss = l1 + cfg.kl_weight * kl
                 if adv_on:
+                    assert disc_w is not None  # adv_on implies a discriminator
                     logits = disc_w(recon.float().contiguous())[-1]
                     g_adv = adv(logits, target_is_real=True, for_discriminator=False)
                     loss = loss + cfg.adv_weight * g_adv
@@ -128,6 +137,7 @@ def build_stage1(
             totals["kl"] += float(kl.detach()) / cfg.grad_accum
         run.step(opt, ae.parameters(), cfg.grad_clip)
         if adv_on:
+            assert disc_w is not None
             d_opt = optimizers["discriminator"]
             d_opt.zero_grad(set_to_none=True)  # drop the grads the generator loss left in D
             for k, (fake, real) in enumerate(zip(fakes, reals)):
@@ -175,4 +185,3 @@ def build_stage1(
         validate=validate if len(val_x) else None,
         preview=preview if len(val_x) else None,
     )
-

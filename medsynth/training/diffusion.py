@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from monai.networks.schedulers import DDIMScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from medsynth.models.conditioning import Conditioner
 from medsynth.models.ldm import LatentDiffusionModel
@@ -81,7 +83,9 @@ def compute_scale_factor(mu: torch.Tensor, sigma: torch.Tensor, seed: int) -> fl
     return float(1.0 / z.float().std())
 
 
-def sample_train_timesteps(model: LatentDiffusionModel, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+def sample_train_timesteps(
+    model: LatentDiffusionModel, n: int, g: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Uniform training timesteps from ``g`` (RFlowScheduler's own sampler uses the global RNG)."""
     cfg = model.config.scheduler
     T = int(cfg["num_train_timesteps"])
@@ -122,14 +126,18 @@ def preview_samples(
     cfg = model.config.scheduler
     g = torch_generator(seed, "preview", device=device)
     z = torch.randn((n, *model.latent_shape), generator=g, device=device)
+    sched: RFlowScheduler | DDIMScheduler
     if cfg["kind"] == "rflow":
-        sched: Scheduler = model.make_scheduler()
+        sched = cast(RFlowScheduler, model.make_scheduler())  # SCHEDULER_KINDS["rflow"] makes one
         sched.set_timesteps(steps, device=device, input_img_size_numel=int(torch.tensor(model.latent_shape[1:]).prod()))
     else:
         extra = {} if cfg["schedule"] == "cosine" else {"beta_start": cfg["beta_start"], "beta_end": cfg["beta_end"]}
         sched = DDIMScheduler(
-            num_train_timesteps=int(cfg["num_train_timesteps"]), schedule=cfg["schedule"],
-            prediction_type=cfg["prediction_type"], clip_sample=False, **extra,
+            num_train_timesteps=int(cfg["num_train_timesteps"]),
+            schedule=cfg["schedule"],
+            prediction_type=cfg["prediction_type"],
+            clip_sample=False,
+            **extra,
         )
         sched.set_timesteps(steps, device=device)
     cond = denoiser.conditioner(pathologies, modalities)
@@ -139,7 +147,7 @@ def preview_samples(
         tt = torch.full((2 * n,), int(t), device=device, dtype=torch.long)
         out_u, out_c = denoiser.unet(torch.cat([z, z]), timesteps=tt, context=ctx).chunk(2)
         out = out_u + guidance * (out_c - out_u)
-        if cfg["kind"] == "rflow":
+        if isinstance(sched, RFlowScheduler):
             nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
             z, _ = sched.step(out, t, z, nxt)
         else:
@@ -165,14 +173,12 @@ def build_stage2(
     ema = make_ema(denoiser, cfg.ema_decay)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = model.make_scheduler()
-    mu, sigma, paths, mods = train
+    mu, _sigma, paths, mods = train
     items = balanced_items(class_keys(paths, mods)) if cfg.balanced else None
     order = BatchOrder(len(mu), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed + 1, items=items)
     sf = model.scale_factor
 
-    def loss_on(
-        net: nn.Module, idx: Sequence[int], data: tuple, g: torch.Generator, drop: bool
-    ) -> torch.Tensor:
+    def loss_on(net: nn.Module, idx: Sequence[int], data: tuple, g: torch.Generator, drop: bool) -> torch.Tensor:
         m, s, p, mo = data
         b = len(idx)
         z0 = (m[idx] + s[idx] * torch.randn(m[idx].shape, generator=g, device=run.device)) * sf
@@ -195,7 +201,7 @@ def build_stage2(
         for k in range(cfg.grad_accum):
             g = torch_generator(run.seed, "stage2", step, k, run.dist.rank, device=run.device)
             skip_sync = k < cfg.grad_accum - 1 and hasattr(wrapped, "no_sync")
-            with wrapped.no_sync() if skip_sync else nullcontext():
+            with cast(DistributedDataParallel, wrapped).no_sync() if skip_sync else nullcontext():
                 loss = loss_on(wrapped, order(step, k), train, g, drop=True)
                 run.backward(loss / cfg.grad_accum)
             total += float(loss.detach()) / cfg.grad_accum
@@ -222,8 +228,13 @@ def build_stage2(
     def preview(step: int, path: Path) -> None:
         classes = [(p, m) for m in model.modalities for p in model.pathologies]
         imgs = preview_samples(
-            model, ema.module, [p for p, _ in classes], [m for _, m in classes],
-            steps=cfg.preview_steps, guidance=cfg.preview_guidance, seed=run.seed,
+            model,
+            cast(Denoiser, ema.module),
+            [p for p, _ in classes],
+            [m for _, m in classes],
+            steps=cfg.preview_steps,
+            guidance=cfg.preview_guidance,
+            seed=run.seed,
         )
         save_grid_png(imgs, path, ncol=len(model.pathologies))
 
@@ -241,4 +252,4 @@ def build_stage2(
         validate=validate if len(val[0]) else None,
         preview=preview,
     )
-    return spec, ema.module
+    return spec, cast(Denoiser, ema.module)  # the EMA's copy of the denoiser

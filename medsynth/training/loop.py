@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -122,7 +122,11 @@ def make_ema(module: nn.Module, decay: float) -> AveragedModel:
     plain tensor state dict, which goes straight into a safetensors checkpoint.
     """
 
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+    def update(
+        ema_params: tuple[torch.Tensor, ...] | list[torch.Tensor],
+        params: tuple[torch.Tensor, ...] | list[torch.Tensor],
+        n_averaged: torch.Tensor | int,
+    ) -> None:
         d = ema_decay_at(int(n_averaged), decay)
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
 
@@ -175,7 +179,7 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state())  # the legacy tuple form (legacy=True default)
     py_state = random.getstate()
     meta = {
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -352,8 +356,12 @@ def run_stage(spec: StageSpec, run: RunContext, *, resume: bool = True) -> dict[
         run.log(f"[{spec.name}] resuming from step {start}")
     is_main = run.dist.is_main
     bar = tqdm(
-        total=spec.steps, initial=start, desc=spec.name, disable=not (is_main and run.progress),
-        mininterval=10.0, dynamic_ncols=True,
+        total=spec.steps,
+        initial=start,
+        desc=spec.name,
+        disable=not (is_main and run.progress),
+        mininterval=10.0,
+        dynamic_ncols=True,
     )
     last: dict[str, float] = {}
     stopped = False
@@ -373,8 +381,10 @@ def run_stage(spec: StageSpec, run: RunContext, *, resume: bool = True) -> dict[
         if is_main and (step % run.log_every == 0 or step == spec.steps):
             rate = (time.perf_counter() - t0) / steps_timed
             losses = " ".join(f"{k}={v:.4f}" for k, v in last.items())
-            run.log(f"[{spec.name}] step {step}/{spec.steps} {losses} lr={factor * max(spec.base_lrs.values()):.2e} "
-                    f"{rate:.3f}s/step")
+            run.log(
+                f"[{spec.name}] step {step}/{spec.steps} {losses} lr={factor * max(spec.base_lrs.values()):.2e} "
+                f"{rate:.3f}s/step"
+            )
         if spec.validate is not None and (step % run.val_every == 0 or step == spec.steps):
             val = spec.validate()
             stop = stopper.update(val)
