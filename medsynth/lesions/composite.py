@@ -91,7 +91,9 @@ def composite(
     if mask.shape == (1, *background.shape[1:]):
         mask = mask[0]
     if mask.shape != background.shape[1:]:
-        raise ValueError(f"composite: mask shape {mask.shape} is not the grid of the (C, ...) background {background.shape}")
+        raise ValueError(
+            f"composite: mask shape {mask.shape} is not the grid of the (C, ...) background {background.shape}"
+        )
     w = blend_weight(mask, margin, spacing)
     out = background.copy()
     band = (w > 0) & ~mask

@@ -88,7 +88,9 @@ def context_size(crop_size: Sequence[int]) -> tuple[int, ...]:
     return (side,) * len(crop_size)
 
 
-def cut_box(array: np.ndarray, centre: Sequence[float], shape: Sequence[int], fill: float) -> tuple[np.ndarray, tuple[int, ...]]:
+def cut_box(
+    array: np.ndarray, centre: Sequence[float], shape: Sequence[int], fill: float
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """A box of ``shape`` around ``centre`` from a channel-first array, padded with ``fill`` off the image.
 
     The box's corner is ``round(centre) - shape // 2``, so for even sizes the centre voxel sits
@@ -140,15 +142,16 @@ def lesion_examples(
         too_large: a lesion whose hole does not fit the crop: ``"error"`` or ``"skip"``.
 
     Raises:
-        InputError: mismatched grids, a lesion that vanishes at ``target_spacing``, or (with
-            ``too_large="error"``) one larger than the crop.
+        InputError: mismatched grids, or (with ``too_large="error"``) a lesion larger than the crop.
     """
     image = np.asarray(image, np.float32)
     mask = np.asarray(mask) != 0
     if mask.ndim == image.ndim and mask.shape[0] == 1:
         mask = mask[0]
     if mask.shape != image.shape[1:] or len(spacing) != mask.ndim:
-        raise InputError(f"lesion mask of shape {mask.shape} does not fit the ({image.shape}) image with spacing {tuple(spacing)}")
+        raise InputError(
+            f"lesion mask of shape {mask.shape} does not fit the ({image.shape}) image with spacing {tuple(spacing)}"
+        )
     labels = tuple(split_pathologies(pathology))
     ctx = context_size(crop_size)
     src_box = box_in_voxels(ctx, target_spacing, spacing)
@@ -162,12 +165,7 @@ def lesion_examples(
         box, _ = cut_box(image, centre, src_box, OUTSIDE)
         mbox, _ = cut_box(own[None], centre, src_box, False)
         crop = resample_to(box, spacing, target_spacing, shape=ctx)
-        crop_mask = resample_to(mbox[0], spacing, target_spacing, shape=ctx)
-        if not crop_mask.any():
-            raise InputError(
-                f"a {pathology!r} lesion of {int(sizes[k - 1])} voxels at {tuple(spacing)} mm vanishes at the "
-                f"lesion model's spacing {tuple(target_spacing)} mm: use a finer lesion spacing or min_voxels"
-            )
+        crop_mask = resample_mask(mbox[0], spacing, target_spacing, ctx)
         if not fits_crop(crop_mask, crop_size, margin):
             if too_large == "skip":
                 continue
@@ -178,6 +176,28 @@ def lesion_examples(
             )
         examples.append(LesionExample(crop.astype(np.float32), crop_mask, labels, str(modality).upper()))
     return examples
+
+
+def resample_mask(
+    mask: np.ndarray, from_spacing: Sequence[float], to_spacing: Sequence[float], shape: Sequence[int]
+) -> np.ndarray:
+    """A lesion mask on another grid (``resample_to``, linear, cut at 0.5) that never vanishes.
+
+    A lesion narrower than about one voxel of the coarser grid falls below 0.5 everywhere; then
+    the voxels of highest coverage are kept, and when the interpolation points miss it
+    altogether, the voxel holding its centre of mass, so it becomes the smallest lesion that grid
+    can show instead of none. Training crops and insertion crops both come through here.
+    """
+    cover = resample_to(mask.astype(np.float32), from_spacing, to_spacing, shape=shape)
+    peak = float(cover.max())
+    if peak > 0.0:
+        return cover >= min(0.5, peak * (1.0 - 1e-6))
+    out = np.zeros(cover.shape, bool)
+    if mask.any():
+        zoom = np.asarray(cover.shape) / np.asarray(mask.shape)
+        centre = (np.asarray(ndi.center_of_mass(mask)) + 0.5) * zoom
+        out[tuple(np.minimum(centre.astype(int), np.asarray(cover.shape) - 1))] = True
+    return out
 
 
 def _extent(mask: np.ndarray, spacing: Sequence[float]) -> str:
@@ -212,8 +232,14 @@ def examples_from_scan(
             raise InputError("examples_from_scan: the scan has no metadata['pathology']; pass pathology=")
     image = preprocessing.normalise(torch.from_numpy(scan.array), scan.modality).numpy()
     return lesion_examples(
-        image, mask, scan.spacing, pathology=pathology, modality=scan.modality, target_spacing=target_spacing,
-        crop_size=crop_size, **kwargs,
+        image,
+        mask,
+        scan.spacing,
+        pathology=pathology,
+        modality=scan.modality,
+        target_spacing=target_spacing,
+        crop_size=crop_size,
+        **kwargs,
     )
 
 
@@ -289,8 +315,8 @@ def augment(example: LesionExample, params: AugmentParams, crop_size: Sequence[i
     out = torch.as_tensor(affine(x)).float()
     image = out[:c]
     if params.scale != 1.0:
-        image = ScaleIntensity(minv=None, maxv=None, factor=params.scale - 1.0)(image)
+        image = torch.as_tensor(ScaleIntensity(minv=None, maxv=None, factor=params.scale - 1.0)(image))
     if params.shift:
-        image = ShiftIntensity(offset=params.shift)(image)
+        image = torch.as_tensor(ShiftIntensity(offset=params.shift)(image))
     image_np = np.asarray(torch.as_tensor(image).numpy(), np.float32)
     return image_np, out[c].numpy() >= 0.5

@@ -35,7 +35,7 @@ from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
 from medsynth.lesions.composite import composite, resample_to
-from medsynth.lesions.crops import OUTSIDE, box_in_voxels, cut_box, fits_crop
+from medsynth.lesions.crops import OUTSIDE, box_in_voxels, cut_box, fits_crop, resample_mask
 from medsynth.lesions.model import LesionModel, holes_of, lesion_inputs
 from medsynth.limits import check_guidance, check_seed, check_steps, positive_int
 from medsynth.sampling.samplers import make_sampler
@@ -115,26 +115,48 @@ def inpaint(
     seeds = _seeds(seed, n)
     kind = model.config.scheduler["kind"]
     n_steps = check_steps(steps, int(model.config.scheduler["num_train_timesteps"]))
-    g = check_guidance(model.config.default_guidance_scale if guidance_scale is None else guidance_scale,
-                       model.config.default_guidance_scale)
+    g = check_guidance(
+        model.config.default_guidance_scale if guidance_scale is None else guidance_scale,
+        model.config.default_guidance_scale,
+    )
     size = positive_int("batch_size", batch_size)
     make_sampler(sampler, model.make_scheduler(), kind, n_steps, model.crop_shape)  # checks the name and kind up front
-    out = torch.cat([
-        _inpaint_batch(model, crops[lo : lo + size], masks[lo : lo + size], paths[lo : lo + size],
-                       mods[lo : lo + size], seeds[lo : lo + size], n_steps, sampler, g)
-        for lo in range(0, n, size)
-    ])
+    out = torch.cat(
+        [
+            _inpaint_batch(
+                model,
+                crops[lo : lo + size],
+                masks[lo : lo + size],
+                paths[lo : lo + size],
+                mods[lo : lo + size],
+                seeds[lo : lo + size],
+                n_steps,
+                sampler,
+                g,
+            )
+            for lo in range(0, n, size)
+        ]
+    )
     return out[0] if single else out
 
 
 @torch.inference_mode()
 def _inpaint_batch(
-    model: LesionModel, crops: torch.Tensor, masks: torch.Tensor, pathologies: list[list[str]], modalities: list[str],
-    seeds: list[int], steps: int, sampler_name: str, g: float,
+    model: LesionModel,
+    crops: torch.Tensor,
+    masks: torch.Tensor,
+    pathologies: list[list[str]],
+    modalities: list[str],
+    seeds: list[int],
+    steps: int,
+    sampler_name: str,
+    g: float,
 ) -> torch.Tensor:
     device, b = model.device, crops.shape[0]
     crops, masks = crops.to(device).float(), masks.to(device)
-    sampler = make_sampler(sampler_name, model.make_scheduler(), model.config.scheduler["kind"], steps, model.crop_shape)
+    sampler = make_sampler(
+        sampler_name, model.make_scheduler(), model.config.scheduler["kind"], steps, model.crop_shape
+    )
 
     # 1. Per-crop randomness: initial noise drawn on the CPU (the same on every device).
     x = torch.stack([torch.randn(model.crop_shape, generator=torch_generator(s, "lesion-noise")) for s in seeds])
@@ -148,8 +170,9 @@ def _inpaint_batch(
     guided = g != 1.0
     if guided:
         context = torch.cat([model.conditioner.null(b).to(context), context])
-        surroundings, mask_channel = surroundings.repeat(2, *[1] * (crops.ndim - 1)), mask_channel.repeat(
-            2, *[1] * (crops.ndim - 1)
+        surroundings, mask_channel = (
+            surroundings.repeat(2, *[1] * (crops.ndim - 1)),
+            mask_channel.repeat(2, *[1] * (crops.ndim - 1)),
         )
     timesteps = sampler.timesteps.to(device)
     if timesteps.is_floating_point():  # rectified flow without discrete timesteps
@@ -219,7 +242,9 @@ def insert_lesion(
     if mask.ndim == background.spatial_dims + 1 and mask.shape[0] == 1:
         mask = mask[0]
     if mask.shape != background.shape:
-        raise InputError(f"insert_lesion: mask of shape {mask.shape} is not on the background's grid {background.shape}")
+        raise InputError(
+            f"insert_lesion: mask of shape {mask.shape} is not on the background's grid {background.shape}"
+        )
     if not mask.any():
         raise InputError("insert_lesion: the mask is empty; give a lesion mask with at least one voxel")
 
@@ -231,16 +256,24 @@ def insert_lesion(
     box, corner = cut_box(image, centre, box_shape, OUTSIDE)
     mask_box = cut_box(mask[None], centre, box_shape, False)[0][0]
     crop = resample_to(box, spacing, cfg.spacing, shape=cfg.crop_size)
-    crop_mask = resample_to(mask_box, spacing, cfg.spacing, shape=cfg.crop_size)
-    if int(mask_box.sum()) != int(mask.sum()) or not crop_mask.any() or not fits_crop(crop_mask, cfg.crop_size, cfg.margin):
+    crop_mask = resample_mask(mask_box, spacing, cfg.spacing, cfg.crop_size)
+    if int(mask_box.sum()) != int(mask.sum()) or not fits_crop(crop_mask, cfg.crop_size, cfg.margin):
         raise InputError(
             f"insert_lesion: a lesion of {int(mask.sum())} voxels at {spacing} mm does not fit the lesion model's "
-            f"crop {cfg.crop_size} at {cfg.spacing} mm with its {cfg.margin}-voxel margin (or vanishes at that "
-            "spacing); ask for a size within the model's range"
+            f"crop {cfg.crop_size} at {cfg.spacing} mm with its {cfg.margin}-voxel margin; ask for a smaller size"
         )
 
-    filled = inpaint(model, torch.from_numpy(crop), torch.from_numpy(crop_mask), [pathology], [modality],
-                     seed=[seed], steps=steps, sampler=sampler, guidance_scale=guidance_scale)
+    filled = inpaint(
+        model,
+        torch.from_numpy(crop),
+        torch.from_numpy(crop_mask),
+        [pathology],
+        [modality],
+        seed=[seed],
+        steps=steps,
+        sampler=sampler,
+        guidance_scale=guidance_scale,
+    )
     back = resample_to(filled.numpy(), cfg.spacing, spacing, shape=box_shape)
     values = pre.denormalise(torch.from_numpy(back), modality).numpy()
 

@@ -128,7 +128,9 @@ class LesionModelConfig:
                 f"downsampling of a UNet with {len(levels)} levels"
             )
         if not any(self.unet.get("attention_levels", DEFAULT_UNET["attention_levels"])):
-            raise InputError("lesion config.unet.attention_levels: at least one level needs attention for the condition")
+            raise InputError(
+                "lesion config.unet.attention_levels: at least one level needs attention for the condition"
+            )
         # Validated here (through Preprocessing), so a bad entry fails when the config is read.
         self.intensity = self.preprocessing().intensity
         missing = sorted(set(self.modalities) - set(self.intensity))
@@ -139,7 +141,9 @@ class LesionModelConfig:
         validate_scheduler_config(self.scheduler)
         lo, hi = GUIDANCE_RANGE
         if not lo <= float(self.default_guidance_scale) <= hi:
-            raise InputError(f"lesion config.default_guidance_scale: expected [{lo:g}, {hi:g}]; got {self.default_guidance_scale}")
+            raise InputError(
+                f"lesion config.default_guidance_scale: expected [{lo:g}, {hi:g}]; got {self.default_guidance_scale}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +162,7 @@ class LesionModelConfig:
 
     def preprocessing(self) -> Preprocessing:
         """A ``Preprocessing`` holding this model's intensity normalisation on its crop grid."""
-        return Preprocessing(self.spatial_dims, self.crop_size, self.spacing, self.intensity)
+        return Preprocessing(self.spatial_dims, tuple(self.crop_size), tuple(self.spacing), self.intensity)
 
 
 class LesionModel(nn.Module):

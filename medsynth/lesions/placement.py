@@ -103,7 +103,9 @@ def paste_mask(shape: Sequence[int], lesion_mask: np.ndarray, offset: Sequence[i
     """A full-size boolean mask of ``shape`` holding ``lesion_mask`` with its corner at ``offset``."""
     shape = tuple(int(n) for n in shape)
     if len(offset) != len(shape) or lesion_mask.ndim != len(shape):
-        raise ValueError(f"paste_mask: shape {shape}, crop {lesion_mask.shape} and offset {tuple(offset)} differ in dimension")
+        raise ValueError(
+            f"paste_mask: shape {shape}, crop {lesion_mask.shape} and offset {tuple(offset)} differ in dimension"
+        )
     if any(o < 0 or o + s > n for o, s, n in zip(offset, lesion_mask.shape, shape, strict=True)):
         raise ValueError(f"paste_mask: a crop of {lesion_mask.shape} at {tuple(offset)} does not fit in {shape}")
     out = np.zeros(shape, bool)

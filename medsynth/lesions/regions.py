@@ -219,8 +219,7 @@ REGION_KINDS: dict[str, Callable[[Scan, Any, np.ndarray], tuple[str, np.ndarray]
 }
 
 _EXPECTED = (
-    f"expected one of {', '.join(repr(n) for n in NAMED_REGIONS)}, "
-    "{'mask': array} or {'intensity': [lo, hi]}"
+    f"expected one of {', '.join(repr(n) for n in NAMED_REGIONS)}, {{'mask': array}} or {{'intensity': [lo, hi]}}"
 )
 
 

@@ -110,7 +110,12 @@ def weighted_loss(
 
 @torch.no_grad()
 def lesion_loss(
-    model: LesionModel, examples: Sequence[LesionExample], *, seed: int = 0, outside_weight: float = 0.1, batch_size: int = 16
+    model: LesionModel,
+    examples: Sequence[LesionExample],
+    *,
+    seed: int = 0,
+    outside_weight: float = 0.1,
+    batch_size: int = 16,
 ) -> float:
     """Mean hole-weighted loss over plain centre crops with fixed noise: comparable between calls.
 
@@ -206,19 +211,43 @@ def train_lesion_model(
     _check_examples(examples, config, "examples")
     _check_examples(val_examples, config, "val_examples")
     settings = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "warmup_steps": warmup_steps,
-        "min_lr_ratio": min_lr_ratio, "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
-        "cond_drop": cond_drop, "token_drop": token_drop, "outside_weight": outside_weight, "val_every": val_every,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "warmup_steps": warmup_steps,
+        "min_lr_ratio": min_lr_ratio,
+        "weight_decay": weight_decay,
+        "grad_clip": grad_clip,
+        "ema_decay": ema_decay,
+        "cond_drop": cond_drop,
+        "token_drop": token_drop,
+        "outside_weight": outside_weight,
+        "val_every": val_every,
         "early_stopping_patience": early_stopping_patience,
     }
     arch = {k: v for k, v in config.to_dict().items() if k != "medsynth_version"}
-    fingerprint = sha256_json({"config": arch, "settings": settings, "examples": examples_digest(examples),
-                               "val": examples_digest(val_examples)})[:16]
+    fingerprint = sha256_json(
+        {
+            "config": arch,
+            "settings": settings,
+            "examples": examples_digest(examples),
+            "val": examples_digest(val_examples),
+        }
+    )[:16]
     dist = DistContext(device=torch.device(device))
     run = RunContext(
-        dist=dist, work_dir=Path(work_dir), seed=seed, fingerprints={STAGE: fingerprint},
-        checkpoint_every=checkpoint_every, val_every=val_every, sample_every=max(steps, 1) + 1, log_every=log_every,
-        early_stopping_patience=early_stopping_patience, progress=progress, log=log,
+        dist=dist,
+        work_dir=Path(work_dir),
+        seed=seed,
+        fingerprints={STAGE: fingerprint},
+        checkpoint_every=checkpoint_every,
+        val_every=val_every,
+        sample_every=max(steps, 1) + 1,
+        log_every=log_every,
+        early_stopping_patience=early_stopping_patience,
+        progress=progress,
+        log=log,
     )
     # Initialisation from a derived seed inside fork_rng: the caller's global RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
@@ -247,8 +276,16 @@ def train_lesion_model(
         return lesion_loss(net, val_examples, seed=seed, outside_weight=outside_weight, batch_size=batch_size)
 
     spec = StageSpec(
-        name=STAGE, steps=steps, modules={"lesion": model}, optimizers={"lesion": opt}, base_lrs={"lesion": lr},
-        warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, train_step=train_step, ema=ema, ema_source=model,
+        name=STAGE,
+        steps=steps,
+        modules={"lesion": model},
+        optimizers={"lesion": opt},
+        base_lrs={"lesion": lr},
+        warmup_steps=warmup_steps,
+        min_lr_ratio=min_lr_ratio,
+        train_step=train_step,
+        ema=ema,
+        ema_source=model,
         validate=validate if len(val_examples) else None,
     )
     summary = run_stage(spec, run, resume=resume)

@@ -31,7 +31,9 @@ def test_two_hundred_placements_stay_inside_the_region_and_their_margin_inside_t
     assert (region.mask & dilate_oracle(~region.body, 1)).any()
     rng = np.random.default_rng(11)
     sizes = (3.0, 5.0, 8.0) if dims == 3 else (4.0, 8.0, 14.0)
-    lesions = [propose_mask(rng, spacing=(1.0,) * dims, diameter_mm=d, spatial_dims=dims) for d in sizes for _ in range(3)]
+    lesions = [
+        propose_mask(rng, spacing=(1.0,) * dims, diameter_mm=d, spatial_dims=dims) for d in sizes for _ in range(3)
+    ]
     seen = set()
     for i in range(200):
         lesion, margin = lesions[i % len(lesions)], i % 4
@@ -94,7 +96,9 @@ def test_placement_is_deterministic_for_a_seed(dims, ellipsoid):
 def test_an_impossible_placement_names_the_lesion_and_the_region(ellipsoid):
     region = _chest(2, ellipsoid)
     lesion = np.pad(np.ones((30, 30), bool), 1)
-    with pytest.raises(InputError, match=r"32x32 voxels \(32x32 mm\).*3-voxel margin.*'lungs' \(\d+ voxels, extent \d+x\d+"):
+    with pytest.raises(
+        InputError, match=r"32x32 voxels \(32x32 mm\).*3-voxel margin.*'lungs' \(\d+ voxels, extent \d+x\d+"
+    ):
         place(lesion, region, np.random.default_rng(0))
     bigger_than_image = np.pad(np.ones((60, 60), bool), 1)
     with pytest.raises(InputError, match="no position fits"):
