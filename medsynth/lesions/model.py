@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from medsynth.lesions.morphology import dilate
 from medsynth.limits import GUIDANCE_RANGE
 from medsynth.models.conditioning import Conditioner
 from medsynth.models.ldm import DEFAULT_SCHEDULER, SCHEDULER_KINDS, validate_scheduler_config
+from medsynth.strict import dataclass_from_dict
 
 LESION_DIR = "lesion"
 CONFIG_NAME = "config.json"
@@ -151,14 +152,7 @@ class LesionModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LesionModelConfig:
         """Inverse of ``to_dict``; unknown or missing keys are an ``InputError``."""
-        names = {f.name for f in fields(cls)}
-        extra = set(d) - names
-        if extra:
-            raise InputError(f"lesion config.json: unknown keys {sorted(extra)}; allowed: {sorted(names)}")
-        try:
-            return cls(**d)
-        except TypeError as exc:  # a missing required key
-            raise InputError(f"lesion config.json: {exc}") from None
+        return dataclass_from_dict(cls, d, "lesion config.json")
 
     def preprocessing(self) -> Preprocessing:
         """A ``Preprocessing`` holding this model's intensity normalisation on its crop grid."""

@@ -9,7 +9,7 @@ preprocessing, and offers the few operations training and sampling need: ``encod
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
 from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
 from medsynth.models.conditioning import Conditioner
+from medsynth.strict import dataclass_from_dict
 
 DEFAULT_SCHEDULER: dict[str, Any] = {
     "kind": "ddpm",
@@ -131,14 +132,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        extra = set(d) - names
-        if extra:
-            raise InputError(f"config.json: unknown keys {sorted(extra)}; allowed: {sorted(names)}")
-        try:
-            return cls(**d)
-        except TypeError as exc:  # a missing required key
-            raise InputError(f"config.json: {exc}; a model config needs {sorted(names)}") from None
+        return dataclass_from_dict(cls, d, "config.json")
 
 
 def build_autoencoder(cfg: ModelConfig) -> AutoencoderKL:
