@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from medsynth.errors import InputError, MedsynthError
-from medsynth.io.nifti import NIFTI_SUFFIXES, peek_nifti_dims, read_nifti, write_nifti
-from medsynth.io.png import IMAGE_SUFFIXES, PNG_SUFFIXES, read_png, write_png
+from medsynth.io.nifti import NIFTI_SUFFIXES, peek_nifti_dims, peek_nifti_shape, read_nifti, write_nifti
+from medsynth.io.png import IMAGE_SUFFIXES, PNG_SUFFIXES, peek_image_shape, read_png, write_png
 
 if TYPE_CHECKING:
     from medsynth.io.scan import Scan
@@ -70,6 +70,7 @@ class Format:
         write: ``write(scan, path, case_id=, synthetic=, uid_namespace=)``, the path as given
             by ``destination``; returns what was written.
         peek_spatial_dims: 2 or 3 from headers only, without reading pixel data.
+        peek_shape: the spatial shape from headers only; None when the headers cannot tell.
         sniff: True when a file's first ``SNIFF_BYTES`` bytes carry the format's magic.
         probe: a slower content check that parses the file, tried when no name or magic
             matched; None when the magic bytes are the whole test.
@@ -88,6 +89,7 @@ class Format:
     read: Reader
     write: Writer
     peek_spatial_dims: Callable[[Path], int]
+    peek_shape: Callable[[Path], tuple[int, ...] | None]
     sniff: Callable[[bytes], bool]
     probe: Callable[[Path], bool] | None = None
     read_tree: Callable[[Path], list[tuple[str, Scan | MedsynthError]]] | None = None
@@ -153,6 +155,12 @@ def _peek_dicom(path: Path) -> int:
     return peek_dicom_dims(path)
 
 
+def _peek_dicom_shape(path: Path) -> tuple[int, ...] | None:
+    from medsynth.io.dicom.headers import peek_dicom_shape
+
+    return peek_dicom_shape(path)
+
+
 def _sniff_dicom(head: bytes) -> bool:
     return head[128:132] == b"DICM"
 
@@ -206,6 +214,7 @@ FORMATS: dict[str, Format] = {
             read=_read_nifti,
             write=_write_nifti,
             peek_spatial_dims=peek_nifti_dims,
+            peek_shape=peek_nifti_shape,
             sniff=_sniff_nifti,
         ),
         Format(
@@ -220,6 +229,7 @@ FORMATS: dict[str, Format] = {
             read=_read_dicom,
             write=_write_dicom,
             peek_spatial_dims=_peek_dicom,
+            peek_shape=_peek_dicom_shape,
             sniff=_sniff_dicom,
             probe=_probe_dicom,
             read_tree=_read_dicom_tree,
@@ -237,6 +247,7 @@ FORMATS: dict[str, Format] = {
             read=_read_image,
             write=_write_png,
             peek_spatial_dims=_peek_image,
+            peek_shape=peek_image_shape,
             sniff=_sniff_image,
         ),
     )

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,38 +34,14 @@ import numpy as np
 from medsynth.errors import InputError
 from medsynth.io import detect_format, read_scan
 from medsynth.io.dicom.seg import is_seg_file, peek_seg_shape, read_seg, write_seg
+from medsynth.io.formats import get_format
 from medsynth.io.grids import describe_grid, map_to_grid
-from medsynth.io.nifti import peek_nifti_shape, write_nifti_array
-from medsynth.io.png import display_array, peek_image_shape, preview_window, write_png
+from medsynth.io.nifti import write_nifti_array
+from medsynth.io.png import display_array, preview_window, write_png
 from medsynth.io.scan import Scan
 
 # Outline colour of ``write_mask_outline_png`` (RGB): yellow stands out on grey in any window.
 OUTLINE_RGB = (255, 220, 0)
-
-
-def _peek_dicom_shape(path: Path) -> tuple[int, ...] | None:
-    """The shape ``read_dicom`` would give, from headers; None when the path is no single series."""
-    from medsynth.io.dicom.headers import discover, n_frames, quiet
-
-    with quiet():
-        groups, broken = discover(path)
-    if len(groups) != 1 or broken:
-        return None  # reading reports it properly; a header check has nothing to compare
-    group = groups[0]
-    ds = group.headers[0].ds
-    in_plane = (int(ds.Rows), int(ds.Columns))
-    if group.multi_frame:
-        return (n_frames(ds), *in_plane)
-    return (len(group.headers), *in_plane) if len(group.headers) > 1 else in_plane
-
-
-# Header-only shape per format name of ``medsynth.io.formats`` (it belongs in the registry's
-# ``Format`` entries beside ``peek_spatial_dims``; kept here until that file can take it).
-_PEEK_SHAPE: dict[str, Callable[[Path], tuple[int, ...] | None]] = {
-    "nifti": peek_nifti_shape,
-    "dicom": _peek_dicom_shape,
-    "png": peek_image_shape,
-}
 
 
 def peek_shape(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
@@ -82,7 +57,7 @@ def peek_shape(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
     path = Path(path)
     if is_seg_file(path):
         return peek_seg_shape(path)
-    return _PEEK_SHAPE[detect_format(path)](path)
+    return get_format(detect_format(path)).peek_shape(path)
 
 
 def check_mask_header(mask: str | os.PathLike[str], scan: str | os.PathLike[str]) -> None:

@@ -372,3 +372,17 @@ def sop_name(ds: Dataset) -> str:
     """The SOP class's name for messages ("CT Image Storage")."""
     uid = ds.get("SOPClassUID")
     return UID(str(uid)).name if uid else "unknown SOP class"
+
+
+def peek_dicom_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape ``read_dicom`` would give, from headers; None when the path is no single series."""
+    with quiet():
+        groups, broken = discover(path)
+    if len(groups) != 1 or broken:
+        return None  # reading reports it properly; a header check has nothing to compare
+    group = groups[0]
+    ds = group.headers[0].ds
+    in_plane = (int(ds.Rows), int(ds.Columns))
+    if group.multi_frame:
+        return (n_frames(ds), *in_plane)
+    return (len(group.headers), *in_plane) if len(group.headers) > 1 else in_plane
