@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import Scheduler
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -54,6 +54,7 @@ from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_path
 from medsynth.lesions.morphology import dilate
+from medsynth.lesions.shapes import MaskBank
 from medsynth.limits import GUIDANCE_RANGE
 from medsynth.models.conditioning import Conditioner
 from medsynth.models.ldm import DEFAULT_SCHEDULER, SCHEDULER_KINDS, validate_scheduler_config
@@ -62,6 +63,7 @@ from medsynth.strict import dataclass_from_dict
 LESION_DIR = "lesion"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "lesion.safetensors"
+MASKS_NAME = "masks.safetensors"  # the training lesion shapes (MaskBank) that insertion draws from
 
 # A small UNet: crops are 32^2 / 16^3-24^3, and ten examples a class cannot feed a large one.
 DEFAULT_UNET: dict[str, Any] = {
@@ -248,11 +250,15 @@ def holes_of(mask: torch.Tensor, margin: int) -> torch.Tensor:
 # -- save / load -----------------------------------------------------------------------------
 
 
-def save_lesion_model(model: LesionModel, model_dir: str | Path) -> Path:
+def save_lesion_model(model: LesionModel, model_dir: str | Path, bank: MaskBank | None = None) -> Path:
     """Write ``model`` to ``MODEL_DIR/lesion/`` (config.json + lesion.safetensors), atomically.
 
+    Args:
+        bank: the training lesion shapes, stored beside the weights as ``masks.safetensors``
+            (binary tight crops and their spacings; no image values), for ``load_mask_bank``.
+
     Returns:
-        The ``lesion/`` folder written.
+        The ``lesion/`` folder written (it replaces an earlier one whole, privacy index included).
     """
     out = Path(model_dir) / LESION_DIR
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -260,7 +266,33 @@ def save_lesion_model(model: LesionModel, model_dir: str | Path) -> Path:
         tmp.mkdir()
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "medsynth": __version__})
+        if bank is not None:
+            masks = {f"mask-{i:05d}": torch.from_numpy(m.astype(np.uint8)) for i, m in enumerate(bank.masks)}
+            spacings = json.dumps([list(sp) for sp in bank.spacings])
+            save_file(masks, str(tmp / MASKS_NAME), metadata={"spacings": spacings, "medsynth": __version__})
     return out
+
+
+def load_mask_bank(model_dir: str | Path) -> MaskBank | None:
+    """The training lesion shapes saved with the lesion model; None when it has none.
+
+    Raises:
+        InputError: a damaged ``masks.safetensors`` (one line, naming the file).
+    """
+    path = Path(model_dir) / LESION_DIR / MASKS_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            spacings = json.loads((f.metadata() or {})["spacings"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable mask bank ({first}); retrain or re-save the lesion model") from None
+    keys = sorted(state)
+    if len(keys) != len(spacings):
+        raise InputError(f"{path}: {len(keys)} masks but {len(spacings)} spacings; retrain the lesion model")
+    return MaskBank(tuple(state[k].numpy() != 0 for k in keys), tuple(tuple(float(v) for v in sp) for sp in spacings))
 
 
 def load_lesion_model(model_dir: str | Path, device: str | torch.device = "cpu") -> LesionModel | None:

@@ -18,14 +18,17 @@ from medsynth.lesions.crops import LesionExample, lesion_examples
 from medsynth.lesions.inpaint import inpaint, insert_lesion
 from medsynth.lesions.model import (
     LESION_DIR,
+    MASKS_NAME,
     WEIGHTS_NAME,
     LesionModel,
     LesionModelConfig,
     holes_of,
     load_lesion_model,
+    load_mask_bank,
     save_lesion_model,
 )
 from medsynth.lesions.morphology import dilate
+from medsynth.lesions.shapes import MaskBank
 from medsynth.lesions.train import lesion_loss, train_lesion_model, training_batch
 
 INTENSITY = {"CT": {"kind": "linear", "lo": -1000, "hi": 1000}, "MR": {"kind": "linear", "lo": 0, "hi": 1100}}
@@ -150,6 +153,26 @@ def test_a_damaged_lesion_folder_is_a_one_line_input_error(tmp_path):
     (tmp_path / LESION_DIR / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="not readable JSON"):
         load_lesion_model(tmp_path)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_mask_bank_is_saved_beside_the_weights_and_read_back_exactly(tmp_path, dims):
+    label_map = np.zeros((12,) * dims, np.uint8)
+    label_map[(slice(2, 5),) * dims] = 1
+    label_map[(slice(7, 11), *(slice(6, 8),) * (dims - 1))] = 1
+    spacing = (0.7, 0.8, 1.5)[:dims]
+    bank = MaskBank.from_masks([label_map], [spacing])
+    save_lesion_model(_model(dims), tmp_path)
+    assert load_mask_bank(tmp_path) is None  # saved without a bank: none to read
+    save_lesion_model(_model(dims), tmp_path, bank)
+    back = load_mask_bank(tmp_path)
+    assert back is not None and len(back) == 2 and back.spacings == bank.spacings
+    assert all(np.array_equal(a, b) for a, b in zip(back.masks, bank.masks))
+    path = tmp_path / LESION_DIR / MASKS_NAME
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(InputError, match="not a readable mask bank") as err:
+        load_mask_bank(tmp_path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
 # -- training ------------------------------------------------------------------------------
