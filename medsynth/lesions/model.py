@@ -97,6 +97,8 @@ class LesionModelConfig:
         margin: voxels by which the mask is dilated into the hole the model fills (at ``spacing``).
         scheduler: as ``ModelConfig.scheduler`` (``ddpm`` with epsilon or v, or ``rflow``).
         default_guidance_scale: the guidance ``inpaint`` uses when the caller names none.
+        sizes_mm: per pathology, the ``[smallest, largest]`` equivalent diameter in mm of the
+            training lesions: the size range insertion draws from when the user names none.
     """
 
     spatial_dims: int
@@ -111,6 +113,7 @@ class LesionModelConfig:
     margin: int = 3
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
     default_guidance_scale: float = 1.5
+    sizes_mm: dict[str, list[float]] = field(default_factory=dict)
     medsynth_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -142,6 +145,13 @@ class LesionModelConfig:
         if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
             raise InputError(f"lesion config.margin: expected a whole number of voxels >= 0; got {self.margin!r}")
         validate_scheduler_config(self.scheduler)
+        for name, span in self.sizes_mm.items():
+            if name not in self.pathologies or len(span) != 2 or not 0 < float(span[0]) <= float(span[1]):
+                raise InputError(
+                    f"lesion config.sizes_mm[{name!r}]: expected a pathology of the vocabulary and "
+                    f"[smallest, largest] > 0 mm; got {span!r}"
+                )
+        self.sizes_mm = {k: [float(v[0]), float(v[1])] for k, v in self.sizes_mm.items()}
         lo, hi = GUIDANCE_RANGE
         if not lo <= float(self.default_guidance_scale) <= hi:
             raise InputError(

@@ -125,6 +125,11 @@ def test_config_round_trips_and_refuses_bad_values():
         LesionModelConfig.from_dict({**cfg.to_dict(), "extra": 1})
     with pytest.raises(InputError, match="no normalisation"):
         _config(2, intensity={"CT": INTENSITY["CT"]})
+    sized = _config(2, sizes_mm={"nodule": [6, 20]})
+    assert LesionModelConfig.from_dict(json.loads(json.dumps(sized.to_dict()))).sizes_mm == {"nodule": [6.0, 20.0]}
+    for bad in ({"effusion": [6, 20]}, {"nodule": [20, 6]}, {"nodule": [0, 6]}, {"nodule": [6]}):
+        with pytest.raises(InputError, match="sizes_mm"):
+            _config(2, sizes_mm=bad)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
