@@ -16,8 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from medsynth.lazy_import import lazy_getattr
 
 _LAZY = {
     "evaluate_fidelity": "medsynth.evaluation.fidelity",
@@ -31,9 +30,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medsynth.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

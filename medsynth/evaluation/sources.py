@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medsynth.conditions import GROUP_SEPARATOR
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
 from medsynth.protocol.manifest import MANIFEST, LineError, read_manifest
@@ -50,8 +51,12 @@ class LabelledScans:
 
     @property
     def labels(self) -> list[str]:
-        """The joint class of each scan, ``"pathology/modality"``."""
-        return [f"{p}/{m}" for p, m in zip(self.pathologies, self.modalities)]
+        """The joint class of each scan, ``"pathology/modality"``, with the pathology as the source wrote it.
+
+        Not ``conditions.group_key``: that one sorts a multi-label pathology, and these labels
+        name classes the way the user's CSV or manifest spells them.
+        """
+        return [f"{p}{GROUP_SEPARATOR}{m}" for p, m in zip(self.pathologies, self.modalities)]
 
     @property
     def classes(self) -> list[str]:
