@@ -6,7 +6,11 @@
    joint classes ``pathology|modality`` apart; its accuracy on held-out real phantoms is the
    ceiling of what the measurement can show.
 3. For each step count, the model generates ``--n`` samples per class; the conditional accuracy
-   is the fraction the classifier labels with the requested pathology AND modality.
+   is the fraction the classifier labels with the requested pathology AND modality. With
+   ``--insert``, the cases of every pathology the model's lesion model knows are made by
+   insertion instead (``medsynth.lesions.case.insert_case``): a ``normal`` background of the
+   modality sampled by the whole-image model, the lesion inpainted into it at a size drawn from
+   the lesion model's training sizes (``sizes_mm``); the other classes are sampled whole.
 4. Diversity: the mean pairwise MS-SSIM within each class (MONAI ``MultiScaleSSIMMetric`` with
    the settings of ``medsynth.evaluation.metrics.ms_ssim_settings``, recorded in the JSON), for
    generated and for real held-out phantoms, both on the model grid with the model's intensity
@@ -38,7 +42,9 @@ from medsynth.evaluation.classifier import ClassifierConfig, ImageClassifier, pr
 from medsynth.evaluation.metrics import mean_pairwise_ms_ssim, ms_ssim_settings
 from medsynth.io.atomic import atomic_write_text
 from medsynth.io.scan import Scan
-from medsynth.models.artifact import load_model
+from medsynth.lesions.case import insert_case
+from medsynth.lesions.model import LesionModel, load_lesion_model, load_mask_bank
+from medsynth.models.artifact import load_model, resolve_model_path
 from medsynth.sampling import Synthesizer
 from medsynth.seeding import derive_seed
 
@@ -92,6 +98,28 @@ def accuracy(clf: ImageClassifier, scans: list[Scan], wanted: list[str], in_size
     }
 
 
+def inserted_cases(
+    synth: Synthesizer, lesion: LesionModel, bank: Any, pathology: str, modality: str, n: int, steps: int, **kw: Any
+) -> list[Scan]:
+    """``n`` cases of ``pathology`` by insertion into sampled ``normal`` backgrounds of ``modality``."""
+    seed = derive_seed(kw.pop("seed"), "model-quality-samples", pathology, modality)
+    backgrounds = synth("normal", modality, num_samples=n, num_inference_steps=steps, seed=seed, **kw)
+    lo, hi = lesion.config.sizes_mm.get(pathology) or (10.0, 30.0)
+    return [
+        insert_case(
+            lesion,
+            bg,
+            pathology,
+            seed=derive_seed(seed, "insert", i),
+            size_mm=(lo, hi),
+            bank=bank,
+            preprocessing=synth.model.preprocessing,
+            steps=steps,
+        ).scan
+        for i, bg in enumerate(backgrounds)
+    ]
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -103,6 +131,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sampler = args.sampler or synth.default_sampler
     guidance = synth.default_guidance_scale if args.guidance is None else args.guidance
     print(f"{args.model}: {dim}D {size}, classes {[_label(*c) for c in classes]}", flush=True)
+    lesion = load_lesion_model(resolve_model_path(args.model)) if args.insert else None
+    if args.insert and lesion is None:
+        raise SystemExit(f"{args.model}: --insert needs a model with a lesion model (MODEL/lesion/)")
+    bank = load_mask_bank(resolve_model_path(args.model)) if lesion is not None else None
+    inserted = sorted(set(lesion.config.pathologies) & set(model.pathologies)) if lesion is not None else []
 
     cache, n_train = args.classifier_dir, args.n_train
     loaded = cache is not None and (cache / "config.json").is_file()
@@ -127,6 +160,21 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         scans: list[Scan] = []
         for p, m in classes:
+            if p in inserted and lesion is not None:
+                scans += inserted_cases(
+                    synth,
+                    lesion,
+                    bank,
+                    p,
+                    m,
+                    args.n,
+                    steps,
+                    guidance_scale=guidance,
+                    sampler=sampler,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                )
+                continue
             scans += synth(
                 p,
                 m,
@@ -166,6 +214,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": sampler,
         "guidance_scale": guidance,
         "n_per_class": args.n,
+        "inserted_pathologies": inserted,
         "classifier": {
             "n_train_per_class": n_train,
             "in_size": in_size,
@@ -197,7 +246,12 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"Conditional accuracy of `{r['model']}` ({r['sampler']}, guidance {r['guidance_scale']}, "
         f"{r['n_per_class']} samples per class; classifier accuracy on held-out real phantoms: "
-        f"{r['classifier']['real_heldout_accuracy']['joint']:.3f}; target >= {target:.2f}):",
+        f"{r['classifier']['real_heldout_accuracy']['joint']:.3f}; target >= {target:.2f}"
+        + (
+            f"; {', '.join(r['inserted_pathologies'])} made by lesion insertion into sampled normals):"
+            if r.get("inserted_pathologies")
+            else "):"
+        ),
         "",
         "| steps | pathology AND modality | pathology | modality | seconds |",
         "|---:|---:|---:|---:|---:|",
@@ -249,6 +303,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--insert", action="store_true", help="make the lesion model's pathologies by insertion into sampled normals"
+    )
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<model name>)")
     return ap.parse_args(argv)
 
