@@ -319,9 +319,15 @@ def _train(
     config: str = typer.Argument(..., help="Training YAML (see docs/training.md and configs/)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoints in the work folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    lesion_only: bool = typer.Option(
+        False,
+        "--lesion-only",
+        help="Train only the lesion model, into the model already in output_dir (trained on this config's data).",
+    ),
 ) -> None:
     """Train an autoencoder and a conditioned latent diffusion model; write the model directory.
 
+    When the training data has masks, a lesion model is trained too (MODEL/lesion/; docs/training.md).
     Works under torchrun too: `torchrun --nproc_per_node=N -m medsynth.cli train CONFIG.yaml`.
     """
     from medsynth.training.config import load_config
@@ -329,7 +335,8 @@ def _train(
     cfg = load_config(config)  # validate before the slow import of the networks
     from medsynth.training.pipeline import train
 
-    out = train(cfg, resume=resume, progress=progress, command=f"medsynth train {config}")
+    command = f"medsynth train {config}" + (" --lesion-only" if lesion_only else "")
+    out = train(cfg, resume=resume, progress=progress, command=command, lesion_only=lesion_only)
     typer.echo(f"model directory: {out}")
 
 

@@ -166,11 +166,20 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval()
 
 
+# The lesion model's files, when the directory has one (``lesions.model.save_lesion_model``).
+LESION_FILES = ("lesion/config.json", "lesion/lesion.safetensors", "lesion/masks.safetensors")
+
+
 def model_sha256(path: str | Path) -> str:
-    """SHA-256 over config.json and the weight files (in a fixed order), for manifests."""
+    """SHA-256 over config.json and the weight files (in a fixed order), for manifests.
+
+    A lesion model's config, weights and mask bank count too when present, so the digest of a
+    manifest names the lesion model that made its lesions; the privacy indexes do not.
+    """
     root = resolve_model_path(path)
     h = hashlib.sha256()
-    for fname in [CONFIG_NAME, *sorted(WEIGHT_FILES)]:
+    lesion = [f for f in LESION_FILES if (root / f).is_file()]
+    for fname in [CONFIG_NAME, *sorted(WEIGHT_FILES), *lesion]:
         h.update(fname.encode())
         update_from_file(h, root / fname)
     return h.hexdigest()

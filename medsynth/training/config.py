@@ -37,6 +37,9 @@ class PhantomData(StrictModel):
     seed: int = 0
     size: int = Field(default=64, ge=16, le=256)
     fmt: FormatName = "nifti"
+    # Also write each lesion's mask (``phantom_dataset(masks=True)``): the lesion model's data.
+    # The images are the same either way, so it is not part of the stages' fingerprints.
+    masks: bool = False
 
 
 class DataConfig(StrictModel):
@@ -175,6 +178,45 @@ class Stage2Config(_StageCommon):
     preview_steps: int = Field(default=25, ge=1)
 
 
+class LesionConfig(StrictModel):
+    """The lesion model (``medsynth.lesions``), trained after stage 2 when the training data has masks.
+
+    ``enabled: auto`` trains it when the training split has masks; ``true`` without masks is an
+    error before any work. Sizes: ``crop_size`` default 32² (2D) / 16³ (3D) at ``spacing``
+    (default the whole-image model's grid spacing); ``unet`` keys override
+    ``lesions.model.DEFAULT_UNET`` one by one.
+    """
+
+    enabled: Literal["auto"] | bool = "auto"
+    crop_size: list[int] | None = None
+    spacing: list[float] | None = None
+    steps: int = Field(default=1500, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=3e-4, gt=0)
+    warmup_steps: int = Field(default=50, ge=0)
+    margin: int = Field(default=3, ge=0, le=8)
+    unet: dict[str, Any] = Field(default_factory=dict)
+    cond_dim: int = Field(default=64, ge=1)
+    scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig(prediction_type="v_prediction"))
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    cond_drop: float = Field(default=0.1, ge=0, lt=1)
+    token_drop: float = Field(default=0.1, ge=0, lt=1)
+    outside_weight: float = Field(default=0.1, ge=0)
+    default_guidance_scale: float = Field(default=1.5, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
+
+    @model_validator(mode="after")
+    def _crop(self) -> LesionConfig:
+        # Checked when the config is read, not after two stages of training.
+        levels = self.unet.get("channels", [32, 64, 64])  # lesions.model.DEFAULT_UNET["channels"]
+        down = 2 ** (len(levels) - 1)
+        if self.crop_size is not None and any(int(c) % down or int(c) < down for c in self.crop_size):
+            raise ValueError(
+                f"crop_size {self.crop_size}: each value must be divisible by {down}, the downsampling of the "
+                f"lesion UNet's {len(levels)} levels"
+            )
+        return self
+
+
 class TrainConfig(StrictModel):
     """A full training run: data, grid, model sizes, the two stages, bookkeeping."""
 
@@ -201,6 +243,7 @@ class TrainConfig(StrictModel):
     default_guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
     weights_dtype: Literal["float32", "float16"] = "float32"
     build_privacy_index: bool = True
+    lesion: LesionConfig = Field(default_factory=LesionConfig)
 
     @model_validator(mode="after")
     def _grid(self) -> TrainConfig:
@@ -236,11 +279,13 @@ class TrainConfig(StrictModel):
 
         A checkpoint only resumes under the same fingerprint. Stage 1 depends on the data, the
         grid, the autoencoder and its own settings only, so a finished autoencoder survives a
-        change of the diffusion settings; stage 2 depends on everything.
+        change of the diffusion settings; stage 2 depends on everything but the lesion model
+        (which has its own fingerprint, ``lesions.train``) and whether phantom masks are written.
         """
         d = self.model_dump(
             mode="json",
             exclude={
+                "lesion",
                 "output_dir",
                 "work_dir",
                 "device",
@@ -254,6 +299,8 @@ class TrainConfig(StrictModel):
                 "default_guidance_scale",
             },
         )
+        if d["data"].get("phantoms"):
+            d["data"]["phantoms"].pop("masks", None)
         if stage == "stage1":
             d = {
                 k: d[k]

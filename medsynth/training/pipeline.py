@@ -26,10 +26,12 @@ from medsynth.data.catalog import Catalog
 from medsynth.data.transforms import Preprocessing
 from medsynth.distributed import DistContext, barrier, init_distributed, shutdown
 from medsynth.errors import InputError
-from medsynth.io.atomic import write_json
-from medsynth.models.artifact import save_model
+from medsynth.io.atomic import atomic_write_text, write_json
+from medsynth.models.artifact import CARD_NAME, save_model
+from medsynth.models.artifact import load_config as load_model_config
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
 from medsynth.privacy import build_index_for_model
+from medsynth.training import lesion_stage
 from medsynth.training.autoencoder import build_stage1
 from medsynth.training.config import TrainConfig, load_config
 from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
@@ -50,14 +52,25 @@ def _dataset(cfg: TrainConfig, work: Path, ctx: DistContext) -> Catalog:
     data_dir = work / "data"
     csv, spec_file = data_dir / "labels.csv", data_dir / "phantoms.json"
     if ctx.is_main:
-        if csv.is_file() and spec_file.is_file() and json.loads(spec_file.read_text()) != spec:
+        # Masks do not change the images: a folder made without them is made again with them
+        # (same files, plus the masks), and one made with them serves a config without.
+        old = json.loads(spec_file.read_text()) if csv.is_file() and spec_file.is_file() else None
+        if old is not None and {k: v for k, v in old.items() if k != "masks"} != {
+            k: v for k, v in spec.items() if k != "masks"
+        }:
             raise InputError(
                 f"{data_dir}: holds phantoms made with other settings ({spec_file.read_text().strip()}); "
                 "use another work_dir or delete that folder"
             )
-        if not csv.is_file():
+        if old is None or (spec["masks"] and not old.get("masks")):
             phantom_dataset(
-                data_dir, dim=spec["dim"], count=spec["count"], fmt=spec["fmt"], seed=spec["seed"], size=spec["size"]
+                data_dir,
+                dim=spec["dim"],
+                count=spec["count"],
+                fmt=spec["fmt"],
+                seed=spec["seed"],
+                size=spec["size"],
+                masks=spec["masks"],
             )
             write_json(spec_file, spec)
     barrier(ctx)
@@ -201,7 +214,12 @@ Not measured by the training run. Measure conditional accuracy and diversity wit
 
 
 def train(
-    config: TrainConfig | str | Path, *, resume: bool = True, progress: bool = True, command: str | None = None
+    config: TrainConfig | str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+    lesion_only: bool = False,
 ) -> Path:
     """Train a model from a config (object or YAML path); return the model directory.
 
@@ -210,6 +228,8 @@ def train(
         resume: continue from checkpoints in the work folder when present.
         progress: show progress bars (log lines are printed either way).
         command: how the run was started, for the model card.
+        lesion_only: train only the lesion model, into the whole-image model already in
+            ``output_dir`` (trained on this config's data: its training file list must match).
 
     Raises:
         InputError: bad config, unreadable data, a checkpoint from different settings.
@@ -246,6 +266,10 @@ def train(
         )
         catalog = _dataset(cfg, work, ctx)
         train_cat, val_cat, test_cat = _splits(cfg, catalog)
+        lesion = lesion_stage.wanted(cfg.lesion, train_cat)
+        holdout = test_cat if len(test_cat) else val_cat
+        if lesion_only:
+            return _lesion_only(cfg, ctx, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log)
         pre = _preprocessing(cfg, train_cat)
         train_x, train_p, train_m = _load(train_cat, pre, ctx.device)
         val_x, val_p, val_m = _load(val_cat, pre, ctx.device)
@@ -287,11 +311,56 @@ def train(
             # allow_nan: a diverged loss is recorded as NaN rather than refused.
             write_json(work / "summary.json", info, allow_nan=True)
             log(f"model saved to {out}")
-            _privacy_index(cfg, out, train_cat, test_cat if len(test_cat) else val_cat, log)
+            _privacy_index(cfg, out, train_cat, holdout, log)
+            if lesion:
+                info = lesion_stage.train_lesion_stage(
+                    cfg, out, pre, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log
+                )
+                _append_card(out, lesion_stage.card_section(info))
         barrier(ctx)
         return cfg.output_dir
     finally:
         shutdown(ctx)
+
+
+def _append_card(model_dir: Path, text: str) -> None:
+    card = model_dir / CARD_NAME
+    atomic_write_text(card, card.read_text().rstrip("\n") + "\n" + text)
+
+
+def _lesion_only(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    train_cat: Catalog,
+    val_cat: Catalog,
+    holdout: Catalog,
+    *,
+    resume: bool,
+    progress: bool,
+    log: Any,
+) -> Path:
+    """``--lesion-only``: the lesion stage alone, into the whole-image model of ``output_dir``."""
+    model_cfg = load_model_config(cfg.output_dir)
+    have = model_cfg.fingerprint.get("file_list_sha256")
+    want = train_cat.fingerprint()["file_list_sha256"]
+    if have != want:
+        raise InputError(
+            f"{cfg.output_dir}: the model was trained on another training set (file list sha256 {str(have)[:12]}..., "
+            f"this config's is {want[:12]}...); --lesion-only adds a lesion model to the model of this config's data"
+        )
+    if not lesion_stage.wanted(cfg.lesion, train_cat):
+        raise InputError(
+            f"{cfg.data.labels or 'phantoms'}: --lesion-only needs masks in the training data "
+            "(a 'mask' column, or data.phantoms.masks: true) and lesion.enabled not false"
+        )
+    if ctx.is_main:
+        pre = Preprocessing.from_dict(model_cfg.preprocessing)
+        info = lesion_stage.train_lesion_stage(
+            cfg, cfg.output_dir, pre, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log
+        )
+        _append_card(cfg.output_dir, lesion_stage.card_section(info))
+    barrier(ctx)
+    return cfg.output_dir
 
 
 def _privacy_index(cfg: TrainConfig, out: Path, train: Catalog, holdout: Catalog, log: Any) -> None:
