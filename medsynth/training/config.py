@@ -188,6 +188,8 @@ class LesionConfig(StrictModel):
     """
 
     enabled: Literal["auto"] | bool = "auto"
+    # The pathologies it learns (None: every pathology with a non-empty mask in the training split).
+    pathologies: list[str] | None = None
     crop_size: list[int] | None = None
     spacing: list[float] | None = None
     steps: int = Field(default=1500, ge=1)

@@ -35,13 +35,29 @@ DEFAULT_CROP = {2: 32, 3: 16}
 
 
 def wanted(cfg: LesionConfig, train: Catalog) -> bool:
-    """Whether to train the lesion model; ``enabled: true`` without masks is an InputError."""
+    """Whether to train the lesion model, checked before any training.
+
+    Raises:
+        InputError: ``enabled: true`` without masks, or ``pathologies`` without masks.
+    """
     if cfg.enabled is True and not train.has_masks:
         raise InputError(
             "lesion.enabled is true but the training data has no masks: add a 'mask' column to the dataset CSV "
             "(docs/data.md) or data.phantoms.masks: true"
         )
-    return bool(cfg.enabled) and train.has_masks
+    if cfg.enabled is False or not train.has_masks:
+        return False
+    lesion_pathologies(cfg, train)
+    return True
+
+
+def lesion_pathologies(cfg: LesionConfig, train: Catalog) -> list[str]:
+    """``cfg.pathologies``, or every pathology with a mask in the training split."""
+    found = sorted({p for r in train.records if r.mask is not None for p in r.pathologies if p != "normal"})
+    unknown = sorted(set(cfg.pathologies or []) - set(found))
+    if unknown:
+        raise InputError(f"lesion.pathologies: {unknown} have no masks in the training split; found {found}")
+    return sorted(cfg.pathologies) if cfg.pathologies else found
 
 
 def model_config(
@@ -65,9 +81,9 @@ def model_config(
 
 
 def examples_of(
-    catalog: Catalog, pre: Preprocessing, lesion: LesionModelConfig
+    catalog: Catalog, pre: Preprocessing, lesion: LesionModelConfig, pathologies: list[str]
 ) -> tuple[list[LesionExample], list[np.ndarray], list[tuple[float, ...]], dict[str, list[float]], int]:
-    """Crops of every lesion in ``catalog``'s masks (too large for the crop: skipped and counted).
+    """Crops of every lesion of ``pathologies`` in ``catalog``'s masks (too large for the crop: skipped and counted).
 
     Returns the examples, the masks that gave one and their spacings (the ``MaskBank``), each
     pathology label's lesion diameters, and the number of lesions skipped as too large.
@@ -78,7 +94,7 @@ def examples_of(
     sizes: dict[str, list[float]] = {}
     skipped = 0
     for i, rec in enumerate(catalog.records):
-        if rec.mask is None:
+        if rec.mask is None or not set(rec.pathologies) <= set(pathologies):
             continue
         scan = catalog.load(i)
         mask = catalog.load_mask(i, scan)
@@ -125,11 +141,11 @@ def train_lesion_stage(
 ) -> dict[str, Any]:
     """Train, save and index the lesion model of ``model_dir``; returns the stage's summary for the card."""
     lc = cfg.lesion
-    pathologies = sorted({p for r in train.records if r.mask is not None for p in r.pathologies if p != "normal"})
+    pathologies = lesion_pathologies(lc, train)
     modalities = sorted({r.modality for r in train.records})
     lesion = model_config(lc, pre, pathologies, modalities)
-    examples, masks, spacings, sizes, skipped = examples_of(train, pre, lesion)
-    val_examples = examples_of(val, pre, lesion)[0] if len(val) and val.has_masks else []
+    examples, masks, spacings, sizes, skipped = examples_of(train, pre, lesion, pathologies)
+    val_examples = examples_of(val, pre, lesion, pathologies)[0] if len(val) and val.has_masks else []
     if not examples:
         raise InputError(
             f"lesion model: none of the training lesions fits the crop {lesion.crop_size} at {lesion.spacing} mm "
