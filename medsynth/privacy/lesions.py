@@ -368,8 +368,7 @@ def build_lesion_index(
         return None
     spacing, size = model.config.spacing, model.config.crop_size
     check_disjoint(train, holdout)
-    # Only lesions of the pathologies the lesion model makes: what it could have memorised, and
-    # what its lesions are calibrated against (an effusion is not compared with a nodule).
+    # Only lesions of the pathologies the lesion model makes: what it could have memorised.
     known = set(model.config.pathologies)
     train, holdout = (
         c.subset([i for i, r in enumerate(c.records) if set(r.pathologies) <= known]) for c in (train, holdout)
