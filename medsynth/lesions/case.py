@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
+from medsynth.lesions.crops import box_in_voxels, cut_box, fits_crop, resample_mask
 from medsynth.lesions.inpaint import insert_lesion
 from medsynth.lesions.model import LesionModel
 from medsynth.lesions.placement import paste_mask, place
@@ -61,6 +62,17 @@ class InsertedCase:
             "region": self.region,
             "draw": self.draw,
         }
+
+
+def fits_model(model: LesionModel, mask: np.ndarray, spacing: Sequence[float]) -> bool:
+    """Whether a lesion mask, resampled to the lesion model's spacing, fits its crop with the margin."""
+    cfg = model.config
+    box = box_in_voxels(cfg.crop_size, cfg.spacing, spacing)
+    centre = ndi.center_of_mass(mask)
+    mask_box = cut_box(mask[None], centre, box, False)[0][0]
+    if int(mask_box.sum()) != int(mask.sum()):
+        return False
+    return fits_crop(resample_mask(mask_box, spacing, cfg.spacing, cfg.crop_size), cfg.crop_size, cfg.margin)
 
 
 def default_region(modality: str) -> str:
@@ -120,6 +132,9 @@ def insert_case(
             last = exc
             continue
         mask = paste_mask(background.shape, crop, offset)
+        if not fits_model(model, mask, background.spacing):
+            last = InputError(f"a {diameter:.1f} mm lesion does not fit the lesion model's crop with its margin")
+            continue
         scan = insert_lesion(
             model,
             background,
