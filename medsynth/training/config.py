@@ -261,6 +261,10 @@ class TrainConfig(StrictModel):
                 f"stage1.patch_size {patch} needs {dims} values, each divisible by {down} and at most "
                 f"preprocessing.size {self.preprocessing.size}"
             )
+        for key in ("crop_size", "spacing"):  # the lesion model's grid: one value per dimension
+            value = getattr(self.lesion, key)
+            if value is not None and len(value) != dims:
+                raise ValueError(f"lesion.{key} {value} needs {dims} values (preprocessing.size has {dims})")
         if any(s % down for s in self.preprocessing.size):
             raise ValueError(
                 f"preprocessing.size {self.preprocessing.size} must be divisible by the autoencoder "
