@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -181,10 +182,10 @@ def _train_catalog(exp: str) -> Catalog:
 
 def train_lesion(exp: str) -> Path:
     """Train the experiment's lesion model on its training set alone; build its lesion privacy index."""
-    from medsynth.lesions.crops import lesion_examples
     from medsynth.lesions.model import LesionModelConfig, save_lesion_model
     from medsynth.lesions.shapes import MaskBank
     from medsynth.lesions.train import train_lesion_model
+    from medsynth.training.lesion_stage import examples_of
 
     model_dir = WORK / exp / "model"
     if (model_dir / "lesion" / "config.json").is_file():
@@ -208,33 +209,9 @@ def train_lesion(exp: str) -> Path:
             "prediction_type": "v_prediction",
         },
     )
-    pre = cfg.preprocessing()
-    examples, masks, spacings = [], [], []
-    for i, rec in enumerate(train.records):
-        if rec.mask is None or rec.pathologies[0] == "effusion":
-            continue
-        scan = train.load(i)
-        mask = train.load_mask(i, scan)
-        assert mask is not None
-        image = pre.normalise(torch.from_numpy(scan.array), scan.modality).numpy()
-        found = lesion_examples(
-            image,
-            mask,
-            scan.spacing,
-            pathology=rec.pathologies[0],
-            modality=scan.modality,
-            target_spacing=spacing,
-            crop_size=cfg.crop_size,
-            margin=cfg.margin,
-            too_large="skip",
-        )
-        examples += found
-        if found:
-            masks.append(mask)
-            spacings.append(scan.spacing)
-    counts: dict[str, int] = {}
-    for ex in examples:
-        counts[ex.key] = counts.get(ex.key, 0) + 1
+    # The crops `medsynth train` would use: every mass and nodule of the training masks.
+    examples, masks, spacings, _, _ = examples_of(train, cfg.preprocessing(), cfg, ["mass", RARE])
+    counts = dict(Counter(ex.key for ex in examples))
     log(f"{exp}: lesion examples {counts}; training {LESION_TRAIN['steps']} steps")
     t0 = time.time()
     model, summary = train_lesion_model(
