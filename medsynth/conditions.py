@@ -22,6 +22,7 @@ from medsynth.errors import InputError
 
 PATHOLOGY_SEPARATOR = "|"
 GROUP_SEPARATOR = "/"
+NORMAL = "normal"  # the pathology of a scan without a finding (healthy backgrounds of insertion)
 
 
 def pathology_label(pathologies: str | Iterable[str]) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsynth.conditions import group_key
+from medsynth.conditions import NORMAL, group_key
 from medsynth.conditions import pathology_label as pathology_label  # re-exported: part of the catalog API
 from medsynth.data.dataset_csv import OPTIONAL_COLUMNS as OPTIONAL_COLUMNS  # re-exported with Record
 from medsynth.data.dataset_csv import REQUIRED_COLUMNS, Record, check_dims, read_dataset_csv
@@ -50,7 +50,6 @@ from medsynth.io.scan import Scan
 from medsynth.seeding import numpy_rng
 
 # The pathology of a scan without a lesion: its mask, if it has one, must be empty.
-NORMAL = "normal"
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 

@@ -1,7 +1,7 @@
-"""The privacy gate of a protocol run: every sample checked against the model's privacy index, the run judged.
+"""The privacy gate of a protocol run: every sample and inserted lesion checked, the run judged.
 
-Per case: a sample whose similarity to its nearest training scan exceeds the threshold is
-flagged and, by ``privacy.on_flag``, resampled with the next attempt's seed, dropped, or
+Per case: a sample whose similarity to its nearest training scan exceeds the threshold (an
+inserted lesion: to its nearest training lesion, ``medsynth.privacy.lesions``) is flagged and, by ``privacy.on_flag``, resampled with the next attempt's seed, dropped, or
 fails the run. Per run: the flagged rate is tested against the ``1 - quantile`` expected of
 new scans (one-sided binomial), and a case flagged on every attempt fails the run too.
 """
@@ -12,8 +12,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from medsynth.io.scan import Scan
-from medsynth.protocol.manifest import RejectedRecord
+from medsynth.protocol.manifest import LESION, ManifestRecord, RejectedRecord
 from medsynth.protocol.schema import PrivacySpec
 
 if TYPE_CHECKING:
@@ -26,19 +28,50 @@ def _finite(value: Any) -> Any:
 
 
 class Gate:
-    """The model's privacy index behind the two calls a run needs."""
+    """The model's privacy indexes behind the calls a run needs, each loaded when first used.
+
+    The whole-image index (``MODEL_DIR/privacy``) checks sampled scans; the lesion index
+    (``MODEL_DIR/lesion/privacy``) checks inserted lesions. A run that only inserts into dataset
+    backgrounds never loads the first, one that inserts nothing never the second.
+    """
 
     def __init__(self, model_dir: Path, settings: PrivacySpec) -> None:
         from medsynth.privacy.calibration import flagged_rate_test
-        from medsynth.privacy.index import load_index_for_model
 
-        self.index: PrivacyIndex = load_index_for_model(model_dir)
+        self.model_dir = Path(model_dir)
         self.settings = settings
         self._rate_test = flagged_rate_test
+        self._index: PrivacyIndex | None = None
+        self._lesion_index: PrivacyIndex | None = None
+
+    @property
+    def index(self) -> PrivacyIndex:
+        """The whole-image index (InputError when the model has none)."""
+        if self._index is None:
+            from medsynth.privacy.index import load_index_for_model
+
+            self._index = load_index_for_model(self.model_dir)
+        return self._index
+
+    @property
+    def lesion_index(self) -> PrivacyIndex:
+        """The lesion index (InputError when the model has none)."""
+        if self._lesion_index is None:
+            from medsynth.privacy.lesions import load_lesion_index
+
+            self._lesion_index = load_lesion_index(self.model_dir)
+        return self._lesion_index
 
     def check(self, scans: list[Scan], group: str) -> list[dict[str, Any]]:
         """One verdict per scan, as a JSON-ready dict (``gate: true``; non-finite numbers -> null)."""
         verdicts = self.index.check(scans, [group] * len(scans), quantile=self.settings.quantile)
+        return [{"gate": True, **{k: _finite(v) for k, v in v.to_dict().items()}} for v in verdicts]
+
+    def check_lesions(self, scans: list[Scan], masks: list[np.ndarray], group: str) -> list[dict[str, Any]]:
+        """One verdict per inserted lesion (its mask on its scan's grid), against the training lesions."""
+        from medsynth.privacy.lesions import check_lesions
+
+        verdicts = check_lesions(self.lesion_index, scans, masks, [group] * len(scans), quantile=self.settings.quantile)
         return [{"gate": True, **{k: _finite(v) for k, v in v.to_dict().items()}} for v in verdicts]
 
     def rate_test(self, n_flagged: int, n: int) -> tuple[float, bool]:
@@ -47,45 +80,72 @@ class Gate:
         return float(pvalue), bool(failed)
 
 
+def _checked(verdict: dict[str, Any] | None) -> bool:
+    return bool(verdict and verdict.get("gate"))
+
+
+def _rate(gate: Gate, n_flagged: int, n_checked: int) -> dict[str, Any]:
+    pvalue, failed = gate.rate_test(n_flagged, n_checked) if n_checked else (1.0, False)
+    return {
+        "checked": n_checked,
+        "flagged": n_flagged,
+        "flagged_rate": round(n_flagged / n_checked, 6) if n_checked else 0.0,
+        "expected_rate": round(1 - gate.settings.quantile, 6),
+        "pvalue": pvalue,
+        "rate_failed": failed,
+    }
+
+
 def judge(
-    settings: PrivacySpec, gate: Gate, n_written: int, rejected: list[RejectedRecord], gate_failure: str | None
+    settings: PrivacySpec,
+    gate: Gate,
+    records: list[ManifestRecord],
+    rejected: list[RejectedRecord],
+    gate_failure: str | None,
 ) -> dict[str, Any]:
-    """The privacy part of a run's summary (without its report): counts, the rate test, the reasons it failed.
+    """The privacy part of a run's summary (without its reports): counts, the rate tests, the reasons it failed.
+
+    Whole images and inserted lesions are counted and rate-tested separately (each against
+    ``1 - quantile``): a written case counts for each check it passed (a dataset background
+    was not checked whole; a sampled case has no lesion), a rejected attempt for the check that
+    flagged it.
 
     Args:
         settings: the protocol's privacy settings (the gate is on).
         gate: the gate the run used.
-        n_written: cases written (each passed the check).
+        records: the written cases.
         rejected: every flagged attempt.
         gate_failure: why the run stopped early (``on_flag: fail``), or None.
     """
-    n_checked = n_written + len(rejected)
-    n_flagged = len(rejected)
-    pvalue, rate_failed = gate.rate_test(n_flagged, n_checked) if n_checked else (1.0, False)
+    lesion_flags = sum(r.kind == LESION for r in rejected)
+    image = _rate(
+        gate, len(rejected) - lesion_flags, sum(_checked(r.privacy) for r in records) + len(rejected) - lesion_flags
+    )
+    lesion = _rate(gate, lesion_flags, sum(_checked(r.lesion_privacy) for r in records) + lesion_flags)
     out_of_attempts = [r.case_id for r in rejected if r.final and r.action == "resample"]
     reasons = []
     if gate_failure:
         reasons.append(gate_failure)
-    if rate_failed:
-        reasons.append(
-            f"{n_flagged} of {n_checked} samples were flagged, significantly more than the "
-            f"{1 - settings.quantile:.1%} expected by chance (binomial p={pvalue:.3g} < alpha={settings.alpha})"
-        )
+    for what, rate in (("samples", image), ("inserted lesions", lesion)):
+        if rate["rate_failed"]:
+            reasons.append(
+                f"{rate['flagged']} of {rate['checked']} {what} were flagged, significantly more than the "
+                f"{1 - settings.quantile:.1%} expected by chance (binomial p={rate['pvalue']:.3g} < alpha={settings.alpha})"
+            )
     if out_of_attempts:
         reasons.append(
             f"{len(out_of_attempts)} case(s) were flagged on every attempt (max_attempts {settings.max_attempts}) "
             f"({', '.join(out_of_attempts[:3])}{', ...' if len(out_of_attempts) > 3 else ''})"
         )
+    image.pop("rate_failed")
+    failed_lesions = lesion.pop("rate_failed")
     return {
         "gate": True,
         "quantile": settings.quantile,
         "on_flag": settings.on_flag,
-        "checked": n_checked,
-        "flagged": n_flagged,
-        "flagged_rate": round(n_flagged / n_checked, 6) if n_checked else 0.0,
-        "expected_rate": round(1 - settings.quantile, 6),
-        "pvalue": pvalue,
+        **image,
         "alpha": settings.alpha,
         "failed": bool(reasons),
         "reasons": reasons,
+        **({"lesions": {**lesion, "rate_failed": failed_lesions}} if lesion["checked"] else {}),
     }

@@ -38,6 +38,9 @@ R = TypeVar("R")
 
 MANIFEST = "manifest.jsonl"
 REJECTED = "rejected.jsonl"
+# RejectedRecord.kind: what the gate flagged, when it is not a whole sampled scan.
+LESION = "lesion"  # an inserted lesion (the lesion index)
+BACKGROUND = "background"  # a generated background of an insertion (the whole-image index)
 
 
 def rank_part(name: str, rank: int) -> str:
@@ -117,6 +120,12 @@ class ManifestRecord:
     privacy: dict[str, Any] | None = None  # the gate's verdict ({"gate": false} when it is off)
     created: str | None = None
     extend: dict[str, Any] | None = None  # {"source_index", "strength"}
+    # Insertion cases: {"into", "diameter_mm", "centre_voxel", "region", "lesion_seed", ...}.
+    insert: dict[str, Any] | None = None
+    lesion_privacy: dict[str, Any] | None = None  # the lesion gate's verdict ({"gate": false} when off)
+    source: dict[str, Any] | None = None  # a dataset background: {"row": N, "sha256": ...}, never its path
+    subject: str | None = None  # a dataset background: the source row's subject
+    derived: bool | None = None  # True: holds a real patient's anatomy (a dataset background)
     # Keys this version does not know (a newer medsynth's), kept so rewriting a manifest loses none.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -159,6 +168,11 @@ class ManifestRecord:
             privacy=_field(data, "privacy", dict, "an object"),
             created=_field(data, "created", str, "a time stamp"),
             extend=_field(data, "extend", dict, "an object {source_index, strength}"),
+            insert=_field(data, "insert", dict, "an object {into, diameter_mm, ...}"),
+            lesion_privacy=_field(data, "lesion_privacy", dict, "an object"),
+            source=_field(data, "source", dict, "an object {row, sha256}"),
+            subject=_field(data, "subject", str, "a string"),
+            derived=_field(data, "derived", bool, "true or false"),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -187,6 +201,8 @@ class RejectedRecord:
 
     ``final``: the case gets no further attempt; ``action`` is then ``privacy.on_flag``
     (``drop``, ``fail``, or ``resample`` when the attempts ran out), else ``resample``.
+    ``kind``: ``"lesion"`` for an inserted lesion the lesion gate flagged, ``"background"`` for
+    a generated background of an insertion; absent (None) for a sampled scan.
     """
 
     case_id: str
@@ -198,6 +214,7 @@ class RejectedRecord:
     action: str
     privacy: dict[str, Any]
     created: str
+    kind: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RejectedRecord:
@@ -220,11 +237,12 @@ class RejectedRecord:
         missing = [k for k in types if k not in data]
         if missing:
             raise ValueError(f"expected a JSON object with {', '.join(types)}; {', '.join(missing)} missing")
-        return cls(**{k: _field(data, k, kind, what, required=True) for k, (kind, what) in types.items()})
+        fields_ = {k: _field(data, k, kind, what, required=True) for k, (kind, what) in types.items()}
+        return cls(**fields_, kind=_field(data, "kind", str, "a string"))
 
     def to_json(self) -> str:
-        """The line, without its newline."""
-        return dumps(asdict(self))
+        """The line, without its newline (``kind`` only when set)."""
+        return dumps({k: v for k, v in asdict(self).items() if k != "kind" or v is not None})
 
 
 # -- reading and writing --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import hashlib
 import os
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,9 @@ from medsynth.conditions import Condition, UnknownLabel, Vocabulary, group_key, 
 from medsynth.digest import sha256_json
 from medsynth.errors import MedsynthError
 from medsynth.io.formats import FORMATS, get_format
-from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, format_loc, load_protocol
+from medsynth.protocol.plan_insert import INTO_GENERATED, InsertPlan, check_insert
+from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, load_protocol
+from medsynth.pydantic_errors import format_loc
 from medsynth.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ class QuotaPlan:
     steps: int
     guidance_scale: float
     extend: ExtendPlan | None = None
+    insert: InsertPlan | None = None
 
     @property
     def condition(self) -> Condition:
@@ -121,6 +124,13 @@ class QuotaPlan:
     def group(self) -> str:
         """The privacy-index group, ``pathology/modality``."""
         return self.condition.group
+
+    @property
+    def label(self) -> str:
+        """How progress and the summary name the quota: ``nodule/CT``, ``nodule/CT (insert into dataset)``."""
+        if self.insert is not None:
+            return f"{self.group} (insert into {self.insert.into})"
+        return self.group if self.extend is None else f"{self.group} (extend)"
 
     def sampler_settings(self, batch_size: int) -> dict[str, Any]:
         return {
@@ -141,7 +151,7 @@ class CasePlan:
     modality: str
     number: int  # k: the case's index within its (pathology, modality) class
     position: int  # order in the whole plan (the manifest's order)
-    source: int | None = None
+    source: int | None = None  # extend: the source's index; insert into a dataset: the index into its rows
 
     def seed(self, protocol_seed: int, attempt: int) -> int:
         """The seed of this case's ``attempt`` (0 first; each privacy resample adds one)."""
@@ -190,7 +200,12 @@ class RunPlan:
 
 
 def _quota_doc(q: QuotaPlan) -> dict[str, Any]:
-    doc = asdict(q)
+    # Without insert's catalog (asdict would deep-copy it) and, for other quotas, without the key
+    # at all, so plans made before insertion existed keep their hash.
+    doc = asdict(replace(q, insert=None))
+    doc.pop("insert")
+    if q.insert is not None:
+        doc["insert"] = q.insert.doc()
     if q.extend is not None:
         doc["extend"] = {"strength": q.extend.strength, "sources": [str(p) for p in q.extend.sources]}
     return doc
@@ -353,11 +368,28 @@ def _explicit_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo) -
     p = source.protocol
     assert p.quotas is not None
     quotas: list[QuotaPlan] = []
+    lesion_models: dict[Path, Any] = {}
     for i, q in enumerate(p.quotas):
         loc = ("quotas", i)
-        cls = _check_class(errs, loc, q.pathology, q.modality, model)
         steps = q.steps if q.steps is not None else p.sampler.steps
-        overridden = q.method is not None or q.steps is not None
+        insert = None
+        if q.insert is None:
+            cls = _check_class(errs, loc, q.pathology, q.modality, model)
+        else:
+            found = check_insert(
+                errs,
+                loc,
+                q,
+                p,
+                model,
+                source.base_dir,
+                lambda where, path, mod, owner: _check_class(errs, where, path, mod, owner),
+                lesion_models,
+            )
+            cls, insert = found if found is not None else (None, None)
+        # The whole-image sampler matters to an insertion quota only when it samples its background.
+        samples = q.insert is None or q.insert.into == INTO_GENERATED
+        overridden = samples and (q.method is not None or q.steps is not None)
         method = _check_sampler(errs, loc, q.method or p.sampler.method, steps, model, report=overridden)
         extend = None
         if q.extend is not None and cls is not None:
@@ -377,6 +409,7 @@ def _explicit_quotas(errs: _Collector, source: ProtocolFile, model: ModelInfo) -
                     q.guidance_scale if q.guidance_scale is not None else p.sampler.guidance_scale, model
                 ),
                 extend=extend,
+                insert=insert,
             )
         )
     return quotas
@@ -393,7 +426,11 @@ def plan_cases(quotas: list[QuotaPlan] | tuple[QuotaPlan, ...], batch_size: int)
         for j in range(q.count):
             k = numbers[(q.pathology, q.modality)]
             numbers[(q.pathology, q.modality)] += 1
-            source = None if q.extend is None else j % len(q.extend.sources)
+            source = None
+            if q.extend is not None:
+                source = j % len(q.extend.sources)
+            elif q.insert is not None and q.insert.rows:
+                source = j % len(q.insert.rows)  # round robin over the background rows, in CSV order
             cases.append(CasePlan(f"{stem}-{k:05d}", q.index, q.pathology, q.modality, k, position, source))
             position += 1
         for start in range(0, len(cases), batch_size):
@@ -436,7 +473,9 @@ def validate_protocol(path: str | os.PathLike[str], *, out: str | os.PathLike[st
                 ("output", "formats"),
                 f"{fmt} is only for 2D models; model {model.ref} is {model.spatial_dims}D: use {volumetric}",
             )
-    if p.privacy.gate and not model.has_privacy_index:
+    # Only cases whose image the model samples are checked whole; inserted lesions have their own index.
+    samples = p.quotas is None or any(q.insert is None or q.insert.into == INTO_GENERATED for q in p.quotas)
+    if p.privacy.gate and samples and not model.has_privacy_index:
         errs.add(
             ("privacy", "gate"),
             f"model {model.ref} has no privacy index ({model.path}/privacy is missing); build one with "

@@ -35,10 +35,11 @@ from medsynth.errors import InputError, MedsynthError, PrivacyError
 from medsynth.io.formats import get_format
 from medsynth.io.scan import Scan
 from medsynth.protocol.gate import Gate
+from medsynth.protocol.insertion import Attempt, Inserter
 from medsynth.protocol.manifest import MANIFEST, REJECTED, JsonlAppender, ManifestRecord, RejectedRecord, utc_now
 from medsynth.protocol.plan import BatchPlan, CasePlan, QuotaPlan, RunPlan, validate_protocol
 from medsynth.protocol.progress import Progress
-from medsynth.protocol.state import PRIVACY_REPORT, OutputFolder, ResumeState
+from medsynth.protocol.state import OutputFolder, ResumeState
 from medsynth.protocol.summary import RunResult, Session, finalize, format_summary
 
 # RunResult and format_summary are defined in summary.py; named here too, as what a caller of
@@ -71,6 +72,7 @@ class _Run:
         self._synth: Any = None  # the Synthesizer, loaded when first needed
         self.state = state  # what earlier sessions finished; this session adds to it
         self.sources: dict[Path, Scan] = {}
+        self.inserter = Inserter(plan, ctx.device)
 
     def my_batches(self) -> list[BatchPlan]:
         return [b for b in self.plan.batches if b.index % self.ctx.world_size == self.ctx.rank]
@@ -115,13 +117,16 @@ class _Run:
             q = self.quotas[b.quota]
             for c in b.cases if q.extend is not None else ():
                 self._source(q, c.source or 0)
+            if q.insert is not None and q.insert.catalog is not None:
+                for c in {self.inserter.row(q, c): c for c in b.cases}.values():  # each row once
+                    self.inserter.read_background(q, c)
         if self.p.privacy.gate and batches:
             self.gate = Gate(self.plan.model.path, self.p.privacy)
         finished = self.state.done | self.state.settled
         totals = []
         for q in self.plan.quotas:
             ids = [c.case_id for b in self.my_batches() if b.quota == q.index for c in b.cases]
-            totals.append((self._label(q), len(ids), sum(i in finished for i in ids)))
+            totals.append((q.label, len(ids), sum(i in finished for i in ids)))
         self.progress.start(totals)
         with (
             JsonlAppender(self.folder.part(MANIFEST)) as manifest,
@@ -129,9 +134,6 @@ class _Run:
         ):
             for b in batches:
                 self._run_batch(b, self._synthesizer(), manifest, rejected)
-
-    def _label(self, q: QuotaPlan) -> str:
-        return q.group if q.extend is None else f"{q.group} (extend)"
 
     def _sample(self, synth: Any, q: QuotaPlan, cases: list[CasePlan], seeds: list[int]) -> list[Scan]:
         settings = {"num_inference_steps": q.steps, "guidance_scale": q.guidance_scale, "sampler": q.method}
@@ -153,48 +155,67 @@ class _Run:
         return out
 
     def redraw(self, r: RejectedRecord) -> Scan:
-        """A flagged attempt's sample again, from its recorded seed (alone, not in its batch)."""
+        """A flagged attempt's sample (a generated background) again, from its recorded seed (alone)."""
         c = self.cases[r.case_id]
-        return self._sample(self._synthesizer(), self.quotas[c.quota], [c], [r.seed])[0]
+        q = self.quotas[c.quota]
+        if q.insert is not None:  # only generated backgrounds are checked whole
+            return self.inserter.generated_backgrounds(self._synthesizer(), q, [r.seed])[0]
+        return self._sample(self._synthesizer(), q, [c], [r.seed])[0]
+
+    def _attempt(self, synth: Any, q: QuotaPlan, cases: list[CasePlan], seeds: list[int]) -> list[Attempt]:
+        if q.insert is not None:
+            return self.inserter.attempt(synth, q, cases, seeds, self.gate)
+        scans = self._sample(synth, q, cases, seeds)
+        verdicts = self.gate.check(scans, q.group) if self.gate else [{"gate": False}] * len(cases)
+        return [Attempt(scan, verdict) for scan, verdict in zip(scans, verdicts)]
 
     def _run_batch(self, batch: BatchPlan, synth: Any, manifest: JsonlAppender, rejected: JsonlAppender) -> None:
         q = self.quotas[batch.quota]
         privacy = self.p.privacy
-        accepted: list[tuple[CasePlan, Scan, int, int, dict[str, Any]]] = []
+        accepted: list[tuple[CasePlan, Attempt, int, int]] = []
         todo, attempt = list(batch.cases), 0
         while todo:
             seeds = [c.seed(self.p.seed, attempt) for c in todo]
-            scans = self._sample(synth, q, todo, seeds)
-            verdicts = self.gate.check(scans, q.group) if self.gate else [{"gate": False}] * len(todo)
             retry = []
-            for c, scan, seed, verdict in zip(todo, scans, seeds, verdicts):
-                if not verdict["gate"] or verdict["passed"]:
-                    accepted.append((c, scan, seed, attempt, verdict))
+            for c, a, seed in zip(todo, self._attempt(synth, q, todo, seeds), seeds):
+                if a.flagged is None:
+                    accepted.append((c, a, seed, attempt))
                     continue
+                verdict = a.verdict()
                 final = privacy.on_flag != "resample" or attempt + 1 >= privacy.max_attempts
-                self._reject(rejected, c, seed, attempt, verdict, final)
+                self._reject(rejected, c, seed, attempt, verdict, final, a.reject_kind())
                 if privacy.on_flag == "fail":
+                    what = "training lesion" if a.flagged == "lesion" else "training scan"
                     raise PrivacyError(
-                        f"case {c.case_id} (seed {seed}) is too close to training scan {verdict.get('nearest')} "
+                        f"case {c.case_id} (seed {seed}) is too close to {what} {verdict.get('nearest')} "
                         f"(score {verdict['score']:.4f} > threshold {verdict['threshold']:.4f}) and "
                         f"privacy.on_flag is fail; see {self.out / REJECTED}"
                     )
                 if not final:
                     retry.append(c)
             todo, attempt = retry, attempt + 1
-        for c, scan, seed, attempt, verdict in sorted(accepted, key=lambda a: a[0].position):
+        for c, a, seed, attempt in sorted(accepted, key=lambda item: item[0].position):
             if c.case_id in self.state.done:  # written before an interruption: the batch was recomputed whole
                 continue
-            manifest.append(self._write_case(c, q, scan, seed, attempt, verdict))
+            manifest.append(self._write_case(c, q, a, seed, attempt))
             self.state.done.add(c.case_id)
             self.progress.case(self.quota_row[q.index], c.case_id)
 
     def _reject(
-        self, rejected: JsonlAppender, c: CasePlan, seed: int, attempt: int, verdict: dict[str, Any], final: bool
+        self,
+        rejected: JsonlAppender,
+        c: CasePlan,
+        seed: int,
+        attempt: int,
+        verdict: dict[str, Any],
+        final: bool,
+        kind: str | None = None,
     ) -> None:
         if final:
             self.state.settled.add(c.case_id)
-        self.progress.event("privacy-flag", case_id=c.case_id, attempt=attempt, final=final)
+        self.progress.event(
+            "privacy-flag", case_id=c.case_id, attempt=attempt, final=final, **({"kind": kind} if kind else {})
+        )
         if (c.case_id, attempt) in self.state.rejected_keys:  # recorded before an interruption
             return
         self.state.rejected_keys.add((c.case_id, attempt))
@@ -209,14 +230,14 @@ class _Run:
                 action=self.p.privacy.on_flag if final else "resample",
                 privacy=verdict,
                 created=utc_now(),
+                kind=kind,
             )
         )
 
-    def _write_case(
-        self, c: CasePlan, q: QuotaPlan, scan: Scan, seed: int, attempt: int, verdict: dict[str, Any]
-    ) -> ManifestRecord:
+    def _write_case(self, c: CasePlan, q: QuotaPlan, a: Attempt, seed: int, attempt: int) -> ManifestRecord:
         from medsynth.io import write_scan
 
+        scan = a.scan
         scan.metadata["case_id"] = c.case_id
         files: dict[str, str] = {}
         hashes: dict[str, str | dict[str, str]] = {}
@@ -232,6 +253,10 @@ class _Run:
             )
             files[fmt] = written.relative_to(self.out).as_posix()
             hashes[fmt] = hash_output(written)
+        extra: dict[str, Any] = {}
+        if q.insert is not None:  # the mask, SEG and outline after the scan: the SEG refers to its series
+            self.inserter.write_files(self.out, c, q, a, files, hashes)
+            extra = self.inserter.record_fields(q, a)
         return ManifestRecord(
             case_id=c.case_id,
             pathology=c.pathology,
@@ -242,11 +267,13 @@ class _Run:
             sha256=hashes,
             model={"id": self.plan.model.id, "sha256": self.folder.model_sha},
             protocol_sha256=self.plan.source.sha256,
-            sampler=q.sampler_settings(self.p.sampler.batch_size),
-            privacy=verdict,
+            # A dataset background was not sampled; the lesion's sampler is in ``insert``.
+            sampler=None if a.row is not None else q.sampler_settings(self.p.sampler.batch_size),
+            privacy=a.privacy,
             created=utc_now(),
             # The source's index in the quota's source list, never its path (paths can identify).
             extend=None if q.extend is None else {"source_index": c.source, "strength": q.extend.strength},
+            **extra,
         )
 
 
@@ -292,10 +319,12 @@ def generate(
             f"{where}: {exc.strerror or exc}; free space or fix permissions, then run the same command again to resume"
         ) from None
     if not result.passed:
+        files = result.summary["files"]
+        reports = [str(plan.output_dir / files[k]) for k in ("privacy_report", "lesion_privacy_report") if k in files]
         raise PrivacyError(
             "privacy gate failed the run: "
             + "; ".join(result.summary["privacy"]["reasons"])
-            + f" (report: {plan.output_dir / PRIVACY_REPORT}; dataset.json was not written)",
+            + f" (report: {', '.join(reports)}; dataset.json and labels.csv were not written)",
             result=result,
         )
     return result

@@ -24,21 +24,30 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from medsynth.errors import ProtocolError
 from medsynth.io.formats import FormatName
 from medsynth.limits import GUIDANCE_RANGE, MAX_STEPS
+from medsynth.pydantic_errors import describe_error, short_repr
 from medsynth.strict import StrictModel
+from medsynth.yamlfile import describe_yaml_error, load_yaml
 
 SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 # Sampler names as the samplers registry spells them (not imported: it needs torch); a test
@@ -145,6 +154,87 @@ class ExtendSpec(_Strict):
     strength: float = Field(0.5, gt=0.0, le=1.0, description="Noise strength: 0 keeps the source, 1 ignores it.")
 
 
+def _into_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "<dataset>"
+    return "<generated>" if value == "generated" else None
+
+
+def _region_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "<intensity>"
+    return "<named>" if value in ("lungs", "body") else None
+
+
+class IntoSpec(_Strict):
+    """Healthy backgrounds from a dataset CSV."""
+
+    dataset: Text = Field(
+        description="A dataset CSV (path,pathology,modality[,split,subject,mask]), relative to the protocol file."
+    )
+    pathology: Text = Field(
+        "normal", description="The rows of this pathology (and the quota's modality) are the backgrounds."
+    )
+
+
+def _lo_hi(what: str, positive: bool) -> Any:
+    def check(value: list[float]) -> list[float]:
+        if len(value) != 2:
+            raise ValueError(f"expected two numbers [lo, hi] ({what})")
+        lo, hi = value
+        if positive and not 0 < lo <= hi:
+            raise ValueError(f"expected [lo, hi] with 0 < lo <= hi ({what})")
+        if lo > hi:
+            raise ValueError(f"expected [lo, hi] with lo <= hi ({what})")
+        return value
+
+    return AfterValidator(check)
+
+
+class IntensityRegion(_Strict):
+    """Voxels with lo <= value <= hi (modality units: HU for CT) inside the body."""
+
+    intensity: Annotated[list[float], _lo_hi("modality units, HU for CT", False)] = Field(
+        description="[lo, hi], lo <= hi."
+    )
+
+
+# Tags in angle brackets are union members, not keys: format_loc leaves them out of field paths.
+IntoField = Annotated[
+    Annotated[IntoSpec, Tag("<dataset>")] | Annotated[Literal["generated"], Tag("<generated>")],
+    Discriminator(
+        _into_kind,
+        custom_error_type="into_kind",
+        custom_error_message="expected 'generated' or a mapping {dataset: CSV, pathology: normal}",
+    ),
+]
+RegionField = Annotated[
+    Annotated[Literal["lungs", "body"], Tag("<named>")] | Annotated[IntensityRegion, Tag("<intensity>")],
+    Discriminator(
+        _region_kind,
+        custom_error_type="region_kind",
+        custom_error_message="expected 'lungs', 'body' or a mapping {intensity: [lo, hi]}",
+    ),
+]
+
+
+class InsertSpec(_Strict):
+    """Insert a lesion into a healthy background instead of sampling a whole scan."""
+
+    into: IntoField = Field(
+        description="{dataset: CSV, pathology: normal}: real backgrounds from a dataset; "
+        "'generated': a normal scan sampled by the model."
+    )
+    size_mm: Annotated[list[float], _lo_hi("mm", True)] | None = Field(
+        None,
+        description="[lo, hi]: the lesion's equivalent diameter in mm, drawn uniformly; "
+        "default the lesion model's training range for the pathology.",
+    )
+    region: RegionField | None = Field(
+        None, description="lungs | body | {intensity: [lo, hi]}; default lungs for CT and MR, body otherwise."
+    )
+
+
 class QuotaSpec(_Strict):
     """How many cases of one (pathology, modality) class to make."""
 
@@ -155,6 +245,13 @@ class QuotaSpec(_Strict):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Overrides sampler.steps.")
     guidance_scale: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE, description="Overrides sampler.guidance_scale.")
     extend: ExtendSpec | None = None
+    insert: InsertSpec | None = None
+
+    @model_validator(mode="after")
+    def _extend_xor_insert(self) -> QuotaSpec:
+        if self.extend is not None and self.insert is not None:
+            raise ValueError("give at most one of `extend` (vary real scans) and `insert` (insert a lesion)")
+        return self
 
 
 class BalanceSpec(_Strict):
@@ -223,45 +320,14 @@ def protocol_json_schema() -> dict[str, Any]:
 # --- reading YAML ------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice (safe_load keeps the last one silently)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"key {key!r} is given twice (first on line {seen[key] + 1})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError) -> ProtocolError:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or str(exc)
-    if "could not determine a constructor" in str(problem):
-        problem = f"{problem.strip()}: YAML tags are not allowed in a protocol (it is read with yaml.safe_load)"
-    return ProtocolError(f"{source}:{where} not valid protocol YAML: {' '.join(str(problem).split())}")
-
-
 def read_protocol_mapping(text: str, source: str = "<protocol>") -> dict[str, Any]:
     """Parse YAML text into the raw mapping, with errors naming ``source`` and the line."""
     if not text.strip():
         raise ProtocolError(f"{source}: the file is empty; expected a protocol mapping (see docs/protocols.md)")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc) from None
+        raise ProtocolError(f"{source}:{describe_yaml_error(exc, 'protocol')}") from None
     if data is None:
         raise ProtocolError(f"{source}: the file holds no YAML content; expected a protocol mapping")
     if not isinstance(data, dict):
@@ -269,108 +335,6 @@ def read_protocol_mapping(text: str, source: str = "<protocol>") -> dict[str, An
             f"{source}: expected a YAML mapping of keys (protocol:, name:, model:, ...); got a {type(data).__name__}"
         )
     return data
-
-
-# --- error messages ----------------------------------------------------------------------------
-
-
-def format_loc(loc: tuple[Any, ...]) -> str:
-    """``('quotas', 1, 'count')`` -> ``quotas[1].count``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the mapping at ``loc`` (for listing allowed keys)."""
-    model: Any = Protocol
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return None
-        model = _unwrap_model(field.annotation)
-        if model is None:
-            return None
-    return model
-
-
-def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _unwrap_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_EXPECTED = {
-    "int_type": "expected a whole number (no quotes, no decimals, not true/false)",
-    "float_type": "expected a number (not quoted, not true/false)",
-    "string_type": "expected text",
-    "bool_type": "expected true or false",
-    "list_type": "expected a list",
-    "model_type": "expected a mapping (key: value entries)",
-    "dict_type": "expected a mapping (key: value entries)",
-    "missing": "a required key is missing",
-}
-
-
-def describe_error(err: Mapping[str, Any]) -> str:
-    """One line for one pydantic error: the field path, the value and what is allowed."""
-    loc = tuple(err["loc"])
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    where = format_loc(loc)
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        allowed = sorted(owner.model_fields) if owner else []
-        key = str(loc[-1])
-        hint = difflib.get_close_matches(key, allowed, n=1)
-        msg = f"{where}: unknown key {key!r}"
-        if allowed:
-            msg += f"; allowed keys here: {', '.join(allowed)}"
-        if hint:
-            msg += f" (did you mean {hint[0]!r}?)"
-        return msg
-    if kind == "missing":
-        return f"{where}: {_EXPECTED['missing']}"
-    if kind == "literal_error":
-        expected = ctx.get("expected", "")
-        msg = f"{where}: {_short(err['input'])} is not allowed; expected one of {expected}"
-        if isinstance(err["input"], bool):
-            msg += " (YAML reads unquoted yes/no/on/off as true/false: quote the value)"
-        return msg
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()))
-        return f"{where}: {_short(err['input'])} is out of range; expected a value {op} {bound}"
-    if kind == "string_pattern_mismatch":
-        return (
-            f"{where}: {_short(err['input'])} is not allowed; expected letters, digits, '.', '_' or '-' "
-            "(starting with a letter or digit, at most 64)"
-        )
-    if kind == "too_short":
-        return f"{where}: expected at least {ctx.get('min_length', 1)} entry; got {_short(err['input'])}"
-    if kind == "value_error":
-        reason = str(ctx.get("error", err["msg"]))
-        if not loc:
-            return reason
-        return f"{where}: {reason} (got {_short(err['input'])})"
-    if kind in _EXPECTED:
-        return f"{where}: {_EXPECTED[kind]}; got {_short(err['input'])}"
-    return f"{where}: {err['msg']}; got {_short(err['input'])}"
 
 
 def _version_check(data: dict[str, Any], source: str) -> None:
@@ -383,7 +347,7 @@ def _version_check(data: dict[str, Any], source: str) -> None:
     version = data["protocol"]
     if isinstance(version, bool) or not isinstance(version, int) or version not in SCHEMA_VERSIONS:
         raise ProtocolError(
-            f"{source}: protocol: {_short(version)} is not a schema version this release of medsynth "
+            f"{source}: protocol: {short_repr(version)} is not a schema version this release of medsynth "
             f"knows (known: {known}); upgrade medsynth or rewrite the file for version {SCHEMA_VERSIONS[-1]}"
         )
 
@@ -394,7 +358,7 @@ def parse_protocol_mapping(data: dict[str, Any], source: str = "<protocol>") -> 
     try:
         return Protocol.model_validate(data)
     except ValidationError as exc:
-        lines = list(dict.fromkeys(f"{source}: {describe_error(e)}" for e in exc.errors()))
+        lines = list(dict.fromkeys(f"{source}: {describe_error(e, Protocol)}" for e in exc.errors()))
         raise ProtocolErrors(lines) from None
 
 

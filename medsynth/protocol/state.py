@@ -6,9 +6,12 @@ Layout of an output folder::
     dicom/<case_id>/0001.dcm...  one folder per case (a DICOM series)
     nifti/<case_id>.nii.gz
     png/<case_id>.png
+    masks/<case_id>.nii.gz       insertion cases: the lesion mask; seg/<case_id>.dcm its DICOM SEG,
+                                 outline/<case_id>.png the image with the mask outlined (2D)
     manifest.jsonl               one line per finished case, in plan order at the end of a run
     rejected.jsonl               privacy-flagged attempts that were not written (audit trail)
     dataset.json                 MONAI datalist of the written cases
+    labels.csv                   the written cases as a dataset CSV (path, pathology, modality, subject, mask)
     privacy_report.{json,html}   the memorization check (when the gate is on)
     summary.json
 
@@ -33,6 +36,7 @@ from medsynth.distributed import DistContext
 from medsynth.errors import InputError
 from medsynth.io.atomic import TMP_PREFIX, atomic_write_text, fsync_path, remove_stale_temporaries, write_json
 from medsynth.io.formats import FORMATS
+from medsynth.protocol.insertion import EXTRA_FOLDERS
 from medsynth.protocol.manifest import (
     MANIFEST,
     REJECTED,
@@ -47,10 +51,23 @@ from medsynth.protocol.plan import RunPlan
 
 RUN_FILE = ".medsynth-run.json"
 DATASET = "dataset.json"
+LABELS = "labels.csv"
 SUMMARY = "summary.json"
 PRIVACY_REPORT = "privacy_report.html"
+LESION_REPORT = "lesion_privacy_report.html"
 # Files a run writes at the top of its output folder (a --force restart removes exactly these).
-RUN_OUTPUTS = (RUN_FILE, MANIFEST, REJECTED, DATASET, SUMMARY, "privacy_report.json", PRIVACY_REPORT)
+RUN_OUTPUTS = (
+    RUN_FILE,
+    MANIFEST,
+    REJECTED,
+    DATASET,
+    LABELS,
+    SUMMARY,
+    "privacy_report.json",
+    PRIVACY_REPORT,
+    "lesion_privacy_report.json",
+    LESION_REPORT,
+)
 
 Record = TypeVar("Record", ManifestRecord, RejectedRecord)
 
@@ -159,9 +176,9 @@ class OutputFolder:
         return data
 
     def _remove_unlisted(self, listed: set[str]) -> None:
-        """Delete entries of the format folders that no manifest line lists (a case cut short)."""
-        for fmt in FORMATS.values():
-            folder = self.out / fmt.folder
+        """Delete entries of the format (and mask) folders that no manifest line lists (a case cut short)."""
+        for name in [fmt.folder for fmt in FORMATS.values()] + list(EXTRA_FOLDERS):
+            folder = self.out / name
             if not folder.is_dir():
                 continue
             for entry in sorted(folder.iterdir()):

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsynth.io.atomic import write_json
+from medsynth.io.atomic import atomic_write_text, write_json
 from medsynth.io.scan import Scan
 from medsynth.protocol.gate import Gate, judge
 from medsynth.protocol.manifest import (
+    LESION,
     MANIFEST,
     REJECTED,
     ManifestRecord,
@@ -26,7 +27,7 @@ from medsynth.protocol.manifest import (
     utc_now,
 )
 from medsynth.protocol.plan import RunPlan
-from medsynth.protocol.state import DATASET, PRIVACY_REPORT, SUMMARY, OutputFolder
+from medsynth.protocol.state import DATASET, LABELS, LESION_REPORT, PRIVACY_REPORT, SUMMARY, OutputFolder
 
 
 @dataclass
@@ -74,15 +75,24 @@ def finalize(
     position: dict[str | None, int] = {c.case_id: c.position for c in plan.cases}
     records = folder.merge(MANIFEST, read_manifest, lambda r: position[r.case_id])
     rejected = folder.merge(REJECTED, read_rejected, lambda r: (position[r.case_id], r.attempt))
+    derived = sum(bool(r.derived) for r in records)
     if p.privacy.gate:
         gate = gate or Gate(plan.model.path, p.privacy)
-        privacy = judge(p.privacy, gate, len(records), rejected, gate_failure)
-        privacy["report"] = _write_privacy_report(plan, gate, records, rejected, redraw)
+        privacy = judge(p.privacy, gate, records, rejected, gate_failure)
+        if any(q.insert is None or q.insert.into != "dataset" for q in plan.quotas):
+            privacy["report"] = _write_privacy_report(plan, gate, records, rejected, redraw)
+        if any(q.insert is not None for q in plan.quotas):
+            privacy.setdefault("lesions", {"checked": 0, "flagged": 0})["report"] = _write_lesion_report(
+                plan, gate, records, rejected
+            )
     else:
         privacy = {"gate": False, "note": "privacy gate off (privacy.gate: false): cases were not checked"}
+    if derived:
+        privacy["dataset_backgrounds"] = derived
     failed = privacy.get("failed", False)
     if not failed:
         _write_datalist(plan, records)
+        _write_labels(plan, records)
     summary = {
         "protocol": {"name": p.name, "sha256": plan.source.sha256},
         "model": {"id": plan.model.id, "sha256": folder.model_sha},
@@ -95,8 +105,10 @@ def finalize(
         "files": {
             "manifest": MANIFEST,
             "datalist": None if failed else DATASET,
+            "labels": None if failed else LABELS,
             "rejected": REJECTED,
             **({"privacy_report": PRIVACY_REPORT} if privacy.get("report") else {}),
+            **({"lesion_privacy_report": LESION_REPORT} if privacy.get("lesions", {}).get("report") else {}),
         },
         "device": session.device,
         "world_size": session.world_size,
@@ -118,11 +130,13 @@ def _quota_counts(plan: RunPlan, records: list[ManifestRecord], rejected: list[R
             {
                 "quota": q.where,
                 "class": q.group,
+                "label": q.label,
                 "requested": q.count,
                 "written": sum(i in written for i in ids),
                 "dropped": sum(finally_rejected.get(i) == "drop" for i in ids),
                 "out_of_attempts": sum(finally_rejected.get(i) == "resample" for i in ids),
                 **({"extend_strength": q.extend.strength} if q.extend else {}),
+                **({"insert_into": q.insert.into} if q.insert else {}),
             }
         )
     return quotas
@@ -138,8 +152,11 @@ def _write_privacy_report(
     """``privacy_report.{json,html}`` of every checked sample; returns the HTML file's name."""
     from medsynth.privacy.report import write_report
 
-    entries: list[tuple[str, Any]] = [(str(r.case_id), r.privacy) for r in records] + [
-        (f"{r.case_id}#attempt{r.attempt}", r.privacy) for r in rejected
+    # Whole-image checks only: dataset backgrounds were not checked, flagged lesions are in the lesion report.
+    checked = [r for r in records if r.privacy and r.privacy.get("gate")]
+    flagged = [r for r in rejected if r.kind != LESION]
+    entries: list[tuple[str, Any]] = [(str(r.case_id), r.privacy) for r in checked] + [
+        (f"{r.case_id}#attempt{r.attempt}", r.privacy) for r in flagged
     ]
     _, html = write_report(
         plan.output_dir,
@@ -147,9 +164,42 @@ def _write_privacy_report(
         synthetic_ids=[e[0] for e in entries],
         verdicts=[e[1] for e in entries],
         settings=plan.protocol.privacy.model_dump(),
-        synthetic_maps=_flagged_maps(gate, len(records), rejected, redraw),
+        synthetic_maps=_flagged_maps(gate, len(checked), flagged, redraw),
     )
     return Path(html).name
+
+
+def _write_lesion_report(
+    plan: RunPlan, gate: Gate, records: list[ManifestRecord], rejected: list[RejectedRecord]
+) -> str:
+    """``lesion_privacy_report.{json,html}`` of every checked inserted lesion; returns the HTML file's name.
+
+    Flagged lesions are shown beside their nearest training lesion by the index's stored maps
+    (their own crops are not redrawn).
+    """
+    from medsynth.privacy.lesion_report import write_lesion_report
+
+    checked = [r for r in records if r.lesion_privacy and r.lesion_privacy.get("gate")]
+    flagged = [r for r in rejected if r.kind == LESION]
+    entries = [(str(r.case_id), r.lesion_privacy or {}, "dataset" if r.derived else "synthetic") for r in checked]
+    entries += [(f"{r.case_id}#attempt{r.attempt}", r.privacy, _background(plan, r)) for r in flagged]
+    _, html = write_lesion_report(
+        plan.output_dir,
+        index=gate.lesion_index,
+        case_ids=[e[0] for e in entries],
+        verdicts=[e[1] for e in entries],
+        crops=None,
+        backgrounds=[e[2] for e in entries],
+        settings=plan.protocol.privacy.model_dump(),
+        alpha=plan.protocol.privacy.alpha,
+    )
+    return Path(html).name
+
+
+def _background(plan: RunPlan, r: RejectedRecord) -> str:
+    quota = {c.case_id: c.quota for c in plan.cases}[r.case_id]
+    q = next(q for q in plan.quotas if q.index == quota)
+    return "dataset" if q.insert is not None and q.insert.into == "dataset" else "synthetic"
 
 
 def _flagged_maps(
@@ -173,13 +223,37 @@ def _flagged_maps(
     return out
 
 
+def _subject(r: ManifestRecord) -> str:
+    """A case's subject: its source's for a dataset background (a real patient), else the case itself."""
+    return r.subject if r.subject is not None else str(r.case_id)
+
+
 def _write_datalist(plan: RunPlan, records: list[ManifestRecord]) -> None:
-    """``dataset.json``: a MONAI datalist (``monai.data.load_decathlon_datalist`` reads it)."""
-    training = [
-        {"image": r.preferred_file(), "pathology": r.pathology, "modality": r.modality, "case_id": r.case_id}
-        for r in records
-    ]
+    """``dataset.json``: a MONAI datalist (``monai.data.load_decathlon_datalist`` reads it).
+
+    Each entry carries ``subject`` (so a split stays patient-disjoint) and, for an insertion
+    case, its lesion mask as ``label``.
+    """
+    training = []
+    for r in records:
+        item = {"image": r.preferred_file(), "pathology": r.pathology, "modality": r.modality, "case_id": r.case_id}
+        if "mask" in r.files:
+            item["label"] = r.files["mask"]
+        training.append({**item, "subject": _subject(r)})
     write_json(plan.output_dir / DATASET, {"name": plan.protocol.name, "training": training})
+
+
+def _write_labels(plan: RunPlan, records: list[ManifestRecord]) -> None:
+    """``labels.csv``: the written cases as a dataset CSV (``Catalog.from_csv`` reads it; docs/data.md)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "pathology", "modality", "subject", "mask"])
+    for r in records:
+        writer.writerow([r.preferred_file(), r.pathology, r.modality, _subject(r), r.files.get("mask", "")])
+    atomic_write_text(plan.output_dir / LABELS, buffer.getvalue())
 
 
 def format_summary(summary: dict[str, Any]) -> list[str]:
@@ -188,7 +262,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     lines = [f"wrote {summary['written']} of {summary['requested']} requested cases to {out}"]
     for q in summary["quotas"]:
         extra = "".join(f", {q[k]} {k.replace('_', ' ')}" for k in ("dropped", "out_of_attempts") if q.get(k))
-        lines.append(f"  {q['class']:<28} {q['written']:>6} / {q['requested']}{extra}")
+        lines.append(f"  {q.get('label', q['class']):<36} {q['written']:>6} / {q['requested']}{extra}")
     pv = summary["privacy"]
     if not pv.get("gate"):
         lines.append("privacy gate: OFF (cases were not checked for memorization)")
@@ -200,6 +274,17 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         )
         if pv.get("report"):
             lines.append(f"privacy report: {out / pv['report']}")
+        lesions = pv.get("lesions")
+        if lesions:
+            lines.append(
+                f"lesion privacy gate: {lesions['flagged']} of {lesions['checked']} inserted lesions flagged"
+                + (f" (report: {out / lesions['report']})" if lesions.get("report") else "")
+            )
+    if pv.get("dataset_backgrounds"):
+        lines.append(
+            f"{pv['dataset_backgrounds']} case(s) are real dataset scans with an inserted lesion: derived from "
+            "patients, not de-identified synthetic data; their backgrounds were not privacy-gated"
+        )
     lines.append(f"manifest: {out / summary['files']['manifest']}")
     if summary["files"].get("datalist"):
         lines.append(f"MONAI datalist: {out / summary['files']['datalist']}")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsynth.conditions import NORMAL
 from medsynth.data.catalog import Catalog
 from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
@@ -53,7 +54,7 @@ def wanted(cfg: LesionConfig, train: Catalog) -> bool:
 
 def lesion_pathologies(cfg: LesionConfig, train: Catalog) -> list[str]:
     """``cfg.pathologies``, or every pathology with a mask in the training split."""
-    found = sorted({p for r in train.records if r.mask is not None for p in r.pathologies if p != "normal"})
+    found = sorted({p for r in train.records if r.mask is not None for p in r.pathologies if p != NORMAL})
     unknown = sorted(set(cfg.pathologies or []) - set(found))
     if unknown:
         raise InputError(f"lesion.pathologies: {unknown} have no masks in the training split; found {found}")

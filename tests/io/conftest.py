@@ -1,4 +1,4 @@
-"""Shared fixtures for tests/io (helpers A and B add fixtures here; nothing else)."""
+"""Shared fixtures for tests/io: oblique geometries and small scans."""
 
 from __future__ import annotations
 
@@ -40,24 +40,3 @@ def mr_slice() -> Scan:
     affine = np.diag([0.8, 0.6, 3.0, 1.0])
     affine[:3, 3] = [10.0, -20.0, 5.0]
     return Scan(rng.random((1, 9, 11)).astype(np.float32) * 700.0, affine, "MR")
-
-
-@pytest.fixture
-def dciodvfy_errors():
-    """``errors(path)``: the Error lines dciodvfy (dicom3tools) prints for a file; skips without it.
-
-    The 2022 dictionary in dciodvfy predates SyntheticData (0008,001C): its complaint is expected
-    and left out.
-    """
-    import shutil
-    import subprocess
-
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) not installed")
-
-    def errors(path) -> list[str]:
-        proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=60)
-        lines = (proc.stdout + proc.stderr).splitlines()
-        return [ln for ln in lines if ln.startswith("Error") and "(0008,001c)" not in ln.lower()]
-
-    return errors

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -187,3 +189,25 @@ def gated_protocol():
         }
 
     return make
+
+
+def _tree(out: Path) -> dict[str, str]:
+    """Every file under ``out`` -> sha256 (JSON-lines files: records without ``created``)."""
+    files = {}
+    for p in sorted(out.rglob("*")):
+        if not p.is_file() or p.name == "summary.json":
+            continue
+        rel = p.relative_to(out).as_posix()
+        if p.suffix == ".jsonl":
+            lines = [json.loads(x) for x in p.read_text().splitlines()]
+            files[rel] = json.dumps([{k: v for k, v in r.items() if k != "created"} for r in lines], sort_keys=True)
+        else:
+            files[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return files
+
+
+@pytest.fixture(scope="session")
+def output_tree():
+    """``output_tree(out)``: what a resumed run must reproduce byte for byte (see docs/protocols.md):
+    every file's sha256, JSON lines without their ``created`` stamps, summary.json left out."""
+    return _tree

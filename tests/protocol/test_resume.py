@@ -7,7 +7,6 @@ summary.json (timings) is left out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -25,28 +24,13 @@ HELPER = Path(__file__).with_name("crash_generate.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one thread, as conftest
 
 
-def _tree(out: Path) -> dict[str, str]:
-    """Every file under ``out`` -> sha256 (JSON-lines files: records without ``created``)."""
-    files = {}
-    for p in sorted(out.rglob("*")):
-        if not p.is_file() or p.name == "summary.json":
-            continue
-        rel = p.relative_to(out).as_posix()
-        if p.suffix == ".jsonl":
-            lines = [json.loads(x) for x in p.read_text().splitlines()]
-            files[rel] = json.dumps([{k: v for k, v in r.items() if k != "created"} for r in lines], sort_keys=True)
-        else:
-            files[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return files
-
-
 def _lines(out: Path) -> int:
     path = out / "manifest.jsonl"
     return path.read_text().count("\n") if path.exists() else 0  # complete lines only
 
 
 @pytest.fixture(scope="module")
-def crash_run(gated_model, gated_protocol, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def crash_run(gated_model, gated_protocol, output_tree, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A gated protocol with batches [n0 n1 n2] [n3] [m0 m1 m2], and the tree of its uninterrupted run.
 
     The privacy index holds a copy of n2's first attempt, so n2 is flagged, recorded in
@@ -63,7 +47,7 @@ def crash_run(gated_model, gated_protocol, tmp_path_factory) -> tuple[Path, dict
     protocol = root / "protocol.yaml"
     protocol.write_text(yaml.safe_dump(doc))
     generate(protocol, out=root / "reference")
-    tree = _tree(root / "reference")
+    tree = output_tree(root / "reference")
     assert sum(1 for k in tree if k.startswith("nifti/")) == 7
     rejected = [json.loads(x) for x in (root / "reference" / "rejected.jsonl").read_text().splitlines()]
     assert ("normal-CT-00002", 0) in {(r["case_id"], r["attempt"]) for r in rejected}
@@ -76,7 +60,7 @@ def _crash(kind: str, n: int, protocol: Path, out: Path) -> subprocess.Completed
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def test_sigkill_at_chosen_moments_then_resume_equals_uninterrupted(crash_run, tmp_path):
+def test_sigkill_at_chosen_moments_then_resume_equals_uninterrupted(crash_run, output_tree, tmp_path):
     protocol, expected = crash_run
     out = tmp_path / "out"
     moments = [
@@ -97,10 +81,10 @@ def test_sigkill_at_chosen_moments_then_resume_equals_uninterrupted(crash_run, t
     result = generate(protocol, out=out)  # the same command again: it resumes
     assert result.summary["written"] == 7
     assert not list(out.rglob(".tmp-*"))
-    assert _tree(out) == expected
+    assert output_tree(out) == expected
 
 
-def test_sigkill_from_outside_at_a_random_moment(crash_run, tmp_path):
+def test_sigkill_from_outside_at_a_random_moment(crash_run, output_tree, tmp_path):
     """No hook: killed as soon as the first case is listed, wherever the run happens to be then."""
     protocol, expected = crash_run
     out = tmp_path / "out"
@@ -116,4 +100,4 @@ def test_sigkill_from_outside_at_a_random_moment(crash_run, tmp_path):
     assert 1 <= _lines(out) < 7
     generate(protocol, out=out)
     assert not list(out.rglob(".tmp-*"))
-    assert _tree(out) == expected
+    assert output_tree(out) == expected
