@@ -324,6 +324,12 @@ def _train(
         "--lesion-only",
         help="Train only the lesion model, into the model already in output_dir (trained on this config's data).",
     ),
+    check: bool = typer.Option(
+        False, "--check", help="Check the config and every scan of every split; train nothing, write nothing."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Training scans off the grid's field of view are errors, not warnings."
+    ),
 ) -> None:
     """Train an autoencoder and a conditioned latent diffusion model; write the model directory.
 
@@ -333,10 +339,17 @@ def _train(
     from medsynth.training.config import load_config
 
     cfg = load_config(config)  # validate before the slow import of the networks
+    if check:
+        from medsynth.training.checks import check_config
+
+        for line in check_config(cfg, strict=strict).notes:
+            typer.echo(line)
+        typer.echo(f"{config}: OK, ready to train")
+        return
     from medsynth.training.pipeline import train
 
     command = f"medsynth train {config}" + (" --lesion-only" if lesion_only else "")
-    out = train(cfg, resume=resume, progress=progress, command=command, lesion_only=lesion_only)
+    out = train(cfg, resume=resume, progress=progress, command=command, lesion_only=lesion_only, strict=strict)
     typer.echo(f"model directory: {out}")
 
 

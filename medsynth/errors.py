@@ -22,6 +22,22 @@ class InputError(MedsynthError):
     """A file, folder, CSV or argument that cannot be used as given."""
 
 
+class ErrorLines(MedsynthError):
+    """Several problems at once, printed one per line, each ``medsynth: error:``-prefixed.
+
+    Mixed into an error class (``ProtocolErrors``, ``ConfigErrors``): the CLI prefixes the first
+    line itself, so the later lines carry the prefix in the message.
+    """
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(lines)
+        super().__init__("\nmedsynth: error: ".join(self.lines))
+
+
+class ConfigErrors(ErrorLines, InputError):
+    """A training config with one or more problems (one line each)."""
+
+
 class ProtocolError(MedsynthError):
     """A protocol file that does not validate."""
 

@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from medsynth.errors import ProtocolError
+from medsynth.errors import ErrorLines, ProtocolError
 from medsynth.io.formats import FormatName
 from medsynth.limits import GUIDANCE_RANGE, MAX_STEPS
 from medsynth.pydantic_errors import describe_error, short_repr
@@ -61,15 +61,8 @@ MAX_COUNT = 1_000_000  # per quota: a typo such as 10**9 is an error, not an hou
 SamplerName = Literal["ddpm", "ddim", "dpm++", "rflow"]
 
 
-class ProtocolErrors(ProtocolError):
-    """Several protocol errors at once; printed one per line, each ``medsynth: error:``-prefixed.
-
-    The CLI prefixes the first line itself, so the later lines carry the prefix in the message.
-    """
-
-    def __init__(self, lines: list[str]):
-        self.lines = list(lines)
-        super().__init__("\nmedsynth: error: ".join(self.lines))
+class ProtocolErrors(ErrorLines, ProtocolError):
+    """Several protocol errors at once (``medsynth.errors.ErrorLines``)."""
 
 
 def _nonblank(value: str) -> str:

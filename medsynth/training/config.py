@@ -1,8 +1,11 @@
-"""The training configuration (YAML -> pydantic); unknown keys are errors.
+"""The training configuration (YAML -> pydantic), as strict as a protocol.
 
-Every section forbids unknown keys, so a typo fails at load time with a one-line
-``InputError`` naming the file and the field. Relative paths are resolved against the
-folder of the YAML file, so a config can travel with its data.
+Every section forbids unknown keys, numbers are not coerced (``steps: "2"`` is an error) and a
+key given twice is an error, so a typo fails at load time: every problem is one line naming the
+file and the field (``ConfigErrors``), an unknown key with the closest allowed one. Shapes and
+channel counts the networks cannot take are errors here too, not after stage 1 has run.
+Relative paths are resolved against the folder of the YAML file, so a config can travel with
+its data.
 
 Example (``configs/phantom-2d.yaml`` is a full one)::
 
@@ -17,19 +20,30 @@ Example (``configs/phantom-2d.yaml`` is a full one)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, Strict, ValidationError, model_validator
 
 from medsynth.digest import sha256_json
-from medsynth.errors import InputError
+from medsynth.errors import ConfigErrors, InputError
 from medsynth.io.formats import FormatName
 from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
+from medsynth.pydantic_errors import describe_error
 from medsynth.strict import StrictModel
+from medsynth.yamlfile import describe_yaml_error, load_yaml
 
 
-class PhantomData(StrictModel):
+class _Section(StrictModel):
+    # As strict as protocols: no "2" for 2, no 2.5 for a whole number, no "yes" for true.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# Paths are written as text in YAML: strict mode would refuse a str for a Path.
+LaxPath = Annotated[Path, Strict(False)]
+
+
+class PhantomData(_Section):
     """Generate the built-in phantoms (``medsynth.data.phantoms.phantom_dataset``) into the work folder."""
 
     dim: Literal[2, 3]
@@ -42,10 +56,10 @@ class PhantomData(StrictModel):
     masks: bool = False
 
 
-class DataConfig(StrictModel):
+class DataConfig(_Section):
     """Exactly one of ``labels`` (a labels.csv) or ``phantoms``."""
 
-    labels: Path | None = None
+    labels: LaxPath | None = None
     phantoms: PhantomData | None = None
     # used only when labels.csv has no split column: patient-disjoint fractions
     val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
@@ -58,7 +72,7 @@ class DataConfig(StrictModel):
         return self
 
 
-class PreprocessingConfig(StrictModel):
+class PreprocessingConfig(_Section):
     """The model grid. ``spacing`` None: the first training scan's field of view divided by ``size``.
 
     ``intensity`` None per modality: CT linear [-1000, 1000] HU; any other modality linear between
@@ -69,9 +83,12 @@ class PreprocessingConfig(StrictModel):
     spacing: list[float] | None = None
     intensity: dict[str, dict[str, Any]] = Field(default_factory=dict)
     slice_thickness: float | None = None
+    # Training scans whose field of view differs from the grid's by more than this ratio on an
+    # axis are reported (an error under `train --strict`): training.checks.
+    fov_tolerance: float = Field(default=0.25, gt=0, le=10)
 
 
-class AutoencoderConfig(StrictModel):
+class AutoencoderConfig(_Section):
     """``monai.networks.nets.AutoencoderKL`` sizes."""
 
     channels: list[int] = Field(default=[32, 64, 64], min_length=2)
@@ -98,7 +115,7 @@ class AutoencoderConfig(StrictModel):
         }
 
 
-class UNetConfig(StrictModel):
+class UNetConfig(_Section):
     """``monai.networks.nets.DiffusionModelUNet`` sizes; ``cond_dim`` is the cross-attention width."""
 
     channels: list[int] = Field(default=[64, 128, 128], min_length=2)
@@ -127,7 +144,7 @@ class UNetConfig(StrictModel):
         }
 
 
-class _StageCommon(StrictModel):
+class _StageCommon(_Section):
     steps: int = Field(ge=1)
     batch_size: int = Field(default=16, ge=1)  # per process and micro-batch
     grad_accum: int = Field(default=1, ge=1)
@@ -156,7 +173,7 @@ class Stage1Config(_StageCommon):
     disc_layers: int = Field(default=2, ge=1)
 
 
-class SchedulerConfig(StrictModel):
+class SchedulerConfig(_Section):
     """The noise schedule (MONAI ``DDPMScheduler`` names) or rectified flow (``RFlowScheduler``)."""
 
     kind: Literal["ddpm", "rflow"] = "ddpm"
@@ -178,7 +195,7 @@ class Stage2Config(_StageCommon):
     preview_steps: int = Field(default=25, ge=1)
 
 
-class LesionConfig(StrictModel):
+class LesionConfig(_Section):
     """The lesion model (``medsynth.lesions``), trained after stage 2 when the training data has masks.
 
     ``enabled: auto`` trains it when the training split has masks; ``true`` without masks is an
@@ -219,7 +236,7 @@ class LesionConfig(StrictModel):
         return self
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(_Section):
     """A full training run: data, grid, model sizes, the two stages, bookkeeping."""
 
     name: str = "medsynth-ldm"
@@ -229,8 +246,8 @@ class TrainConfig(StrictModel):
     unet: UNetConfig = Field(default_factory=UNetConfig)
     stage1: Stage1Config
     stage2: Stage2Config
-    output_dir: Path
-    work_dir: Path | None = None  # checkpoints, generated phantoms, previews; default <output_dir>.work
+    output_dir: LaxPath
+    work_dir: LaxPath | None = None  # checkpoints, generated phantoms, previews; default <output_dir>.work
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
@@ -270,6 +287,25 @@ class TrainConfig(StrictModel):
                 f"preprocessing.size {self.preprocessing.size} must be divisible by the autoencoder "
                 f"downsampling factor {down} (2 ** (len(autoencoder.channels) - 1))"
             )
+        unet_down = 2 ** (len(self.unet.channels) - 1)
+        latent = [s // down for s in self.preprocessing.size]
+        if any(v % unet_down for v in latent):
+            valid = down * unet_down
+            raise ValueError(
+                f"preprocessing.size {self.preprocessing.size} gives a latent grid of {latent}, which the UNet's "
+                f"{len(self.unet.channels)} levels cannot halve {len(self.unet.channels) - 1} times: use sizes "
+                f"divisible by {valid} (e.g. {[max(valid, round(s / valid) * valid) for s in self.preprocessing.size]})"
+            )
+        _check_groups("autoencoder", self.autoencoder.channels, self.autoencoder.norm_num_groups)
+        _check_groups("unet", self.unet.channels, self.unet.norm_num_groups)
+        heads = [
+            c for c, a in zip(self.unet.channels, self.unet.attention_levels) if a and c % self.unet.num_head_channels
+        ]
+        if heads:
+            raise ValueError(
+                f"unet.num_head_channels {self.unet.num_head_channels} must divide the channels of every level with "
+                f"attention; {heads} are not multiples of it"
+            )
         return self
 
     @property
@@ -307,6 +343,7 @@ class TrainConfig(StrictModel):
         )
         if d["data"].get("phantoms"):
             d["data"]["phantoms"].pop("masks", None)
+        d["preprocessing"].pop("fov_tolerance")  # decides what is reported, not the weights
         if stage == "stage1":
             d = {
                 k: d[k]
@@ -324,14 +361,14 @@ class TrainConfig(StrictModel):
         return sha256_json(d)[:16]
 
 
-def _format_error(source: str, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key; check the spelling against docs/training.md"
-    return f"{source}: {loc}: {msg}{more}"
+def _check_groups(section: str, channels: list[int], groups: int) -> None:
+    """GroupNorm splits each level's channels into ``groups`` groups: they must divide evenly."""
+    bad = [c for c in channels if groups < 1 or c % groups]
+    if bad:
+        raise ValueError(
+            f"{section}.norm_num_groups {groups} must divide every entry of {section}.channels {channels}; "
+            f"{bad} are not multiples of it"
+        )
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
@@ -347,7 +384,10 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: 
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_format_error(source, exc)) from None
+        raise ConfigErrors(
+            list(dict.fromkeys(f"{source}: {describe_error(e, TrainConfig)}" for e in exc.errors()))
+        ) from None
+
     base = base_dir or Path.cwd()
     cfg.output_dir = _resolve(cfg.output_dir, base)  # type: ignore[assignment]
     cfg.work_dir = _resolve(cfg.work_dir, base)
@@ -367,9 +407,7 @@ def load_config(path: str | Path) -> TrainConfig:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the training config ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}: not valid YAML{where}") from None
+        raise InputError(f"{path}:{describe_yaml_error(exc, 'training config')}") from None
     return parse_config(data, base_dir=path.resolve().parent, source=str(path))

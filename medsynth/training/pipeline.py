@@ -33,6 +33,7 @@ from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
 from medsynth.privacy import build_index_for_model
 from medsynth.training import lesion_stage
 from medsynth.training.autoencoder import build_stage1
+from medsynth.training.checks import check_data, dataset_name
 from medsynth.training.config import TrainConfig, load_config
 from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
 from medsynth.training.distributed import class_keys
@@ -75,19 +76,6 @@ def _dataset(cfg: TrainConfig, work: Path, ctx: DistContext) -> Catalog:
             write_json(spec_file, spec)
     barrier(ctx)
     return Catalog.from_csv(csv)
-
-
-def _splits(cfg: TrainConfig, catalog: Catalog) -> tuple[Catalog, Catalog, Catalog]:
-    fr = {"train": 1.0 - cfg.data.val_fraction - cfg.data.test_fraction}
-    for name in ("val", "test"):
-        value = getattr(cfg.data, f"{name}_fraction")
-        if value > 0:
-            fr[name] = value
-    parts = catalog.split(fr, seed=cfg.seed)
-    empty = Catalog([], catalog.root, spatial_dims=catalog.spatial_dims())
-    if "train" not in parts or not len(parts["train"]):
-        raise InputError(f"{cfg.data.labels or 'phantoms'}: no scans in the 'train' split")
-    return parts["train"], parts.get("val", empty), parts.get("test", empty)
 
 
 def _preprocessing(cfg: TrainConfig, train: Catalog) -> Preprocessing:
@@ -220,6 +208,7 @@ def train(
     progress: bool = True,
     command: str | None = None,
     lesion_only: bool = False,
+    strict: bool = False,
 ) -> Path:
     """Train a model from a config (object or YAML path); return the model directory.
 
@@ -230,6 +219,7 @@ def train(
         command: how the run was started, for the model card.
         lesion_only: train only the lesion model, into the whole-image model already in
             ``output_dir`` (trained on this config's data: its training file list must match).
+        strict: training scans off the grid's field of view are errors (``training.checks``).
 
     Raises:
         InputError: bad config, unreadable data, a checkpoint from different settings.
@@ -265,18 +255,16 @@ def train(
             log=log,
         )
         catalog = _dataset(cfg, work, ctx)
-        train_cat, val_cat, test_cat = _splits(cfg, catalog)
+        checked = check_data(cfg, catalog, where=dataset_name(cfg), strict=strict)
+        for note in checked.notes:
+            log(note)
+        train_cat, val_cat, test_cat, holdout = checked.train, checked.val, checked.test, checked.holdout
         lesion = lesion_stage.wanted(cfg.lesion, train_cat)
-        holdout = test_cat if len(test_cat) else val_cat
         if lesion_only:
             return _lesion_only(cfg, ctx, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log)
         pre = _preprocessing(cfg, train_cat)
         train_x, train_p, train_m = _load(train_cat, pre, ctx.device)
         val_x, val_p, val_m = _load(val_cat, pre, ctx.device)
-        log(
-            f"data: {len(train_cat)} train / {len(val_cat)} val / {len(test_cat)} test scans on grid "
-            f"{list(pre.size)} at {[round(s, 3) for s in pre.spacing]} mm"
-        )
         torch.manual_seed(cfg.seed)  # network initialisation: identical on every rank
         model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1])).to(ctx.device)
 

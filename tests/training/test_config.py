@@ -1,4 +1,4 @@
-"""Training YAML validation: strict keys, one-line errors naming the field."""
+"""Training YAML validation: as strict as protocols, one line per problem naming the field."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def test_relative_paths_resolve_against_the_yaml(tmp_path, tiny_cfg):
         (lambda c: c["stage2"].update(shceduler={}), r"c\.yaml: stage2\.shceduler: unknown key"),
         (
             lambda c: c["stage2"].update(scheduler={"schedule": "quadratic"}),
-            r"stage2\.scheduler\.schedule: Input should be",
+            r"stage2\.scheduler\.schedule: 'quadratic' is not allowed; expected one of 'linear_beta'",
         ),
-        (lambda c: c["stage1"].update(steps=0), r"stage1\.steps: Input should be greater than or equal to 1"),
+        (lambda c: c["stage1"].update(steps=0), r"stage1\.steps: 0 is out of range; expected a value >= 1"),
         (lambda c: c.update(data={}), r"data: give exactly one of 'labels'"),
         (lambda c: c["data"].update(phantoms={"dim": 2, "count": 16}), r"data: give exactly one of"),
         (
@@ -43,7 +43,24 @@ def test_relative_paths_resolve_against_the_yaml(tmp_path, tiny_cfg):
             r"must be divisible by the autoencoder downsampling factor 2",
         ),
         (lambda c: c["stage1"].update(patch_size=[8]), r"stage1.patch_size \[8\] needs 2 values"),
-        (lambda c: c.update(device="tpu"), r"device: Input should be 'auto', 'cpu' or 'cuda'"),
+        # Types are not coerced, as in protocols.
+        (lambda c: c["stage2"].update(steps="2"), r"stage2\.steps: expected a whole number .*; got '2'"),
+        (lambda c: c["stage1"].update(lr="1e-4"), r"stage1\.lr: expected a number"),
+        (lambda c: c.update(build_privacy_index="yes"), r"build_privacy_index: expected true or false"),
+        # Shapes and channel counts the networks cannot take, before any stage runs.
+        (
+            lambda c: c["preprocessing"].update(size=[30, 30]),
+            r"latent grid of \[15, 15\], which the UNet's 2 levels cannot halve 1 times: use sizes divisible by 4",
+        ),
+        (
+            lambda c: c["unet"].update(norm_num_groups=5),
+            r"unet\.norm_num_groups 5 must divide every entry of unet\.channels",
+        ),
+        (
+            lambda c: c["autoencoder"].update(channels=[6, 16], norm_num_groups=4),
+            r"autoencoder\.norm_num_groups 4 must divide every entry of autoencoder\.channels \[6, 16\]; \[6\]",
+        ),
+        (lambda c: c.update(device="tpu"), r"device: 'tpu' is not allowed; expected one of 'auto', 'cpu' or 'cuda'"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_cfg, change, expected):
@@ -64,8 +81,10 @@ def test_phantom_dim_must_match_the_grid(tmp_path, tiny_cfg):
 def test_unreadable_and_invalid_yaml(tmp_path):
     with pytest.raises(InputError, match="cannot read the training config"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(InputError, match="not valid YAML at line 2"):
+    with pytest.raises(InputError, match="line 2, column .*: not valid training config YAML"):
         load_config(_write(tmp_path / "bad.yaml", "name: x\n  data: [\n"))
+    with pytest.raises(InputError, match="key 'seed' is given twice"):
+        load_config(_write(tmp_path / "twice.yaml", "seed: 1\nseed: 2\n"))
     with pytest.raises(InputError, match="expected a mapping"):
         load_config(_write(tmp_path / "list.yaml", "- 1\n- 2\n"))
 
@@ -106,3 +125,15 @@ def test_default_guidance_scale_matches_the_model_config():
     field = TrainConfig.model_fields["default_guidance_scale"]
     bounds = {type(m).__name__: getattr(m, "ge", getattr(m, "le", None)) for m in field.metadata}
     assert field.default == DEFAULT_GUIDANCE and (bounds["Ge"], bounds["Le"]) == GUIDANCE_RANGE
+
+
+def test_every_problem_is_named_a_typo_beside_the_missing_key(tmp_path, tiny_cfg, capsys):
+    cfg = tiny_cfg(Path("labels.csv"), tmp_path)
+    cfg["stage1"]["stpes"] = cfg["stage1"].pop("steps")
+    cfg["stage2"]["steps"] = "2"
+    code = main(["train", str(_write(tmp_path / "c.yaml", cfg))])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and all(line.startswith("medsynth: error: ") for line in lines)
+    assert any("stage1.stpes: unknown key 'stpes'" in x and "(did you mean 'steps'?)" in x for x in lines)
+    assert any("stage1.steps: a required key is missing" in x for x in lines)
+    assert any("stage2.steps: expected a whole number" in x for x in lines) and len(lines) == 3
