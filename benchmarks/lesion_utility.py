@@ -15,6 +15,11 @@ when the data has masks), its lesion privacy index, and a real test set of new s
 * ``size``: the 10 training nodules are all under 20 mm across; 20-28 mm nodules are inserted,
   against copy-paste with the pasted nodules rescaled to the same drawn sizes; recall is
   measured on held-out 20-28 mm nodules.
+* ``latent`` (pixel or latent space, issue #13 part 2): the ``ct`` experiment's 200 inserted
+  cases with the inpainted region replaced by its round trip through the whole-image model's
+  autoencoder (``builtin:phantom-2d``; the background outside the inpainted region kept, as a
+  latent-space inpainter composited in pixel space would keep it). A lesion model in that latent
+  space draws its lesions through that decoder, so this arm bounds what it could add from above.
 
 The downstream classifier is ``medsynth.evaluation.classifier.ImageClassifier`` (written for the
 whole-image utility claim, never tuned against the lesion model), trained plainly (no class
@@ -546,6 +551,35 @@ def experiment_size(results: dict[str, Any], seeds: int, family: str) -> None:
     arm(f"insertion-{MAIN_COUNT}", inserted)
 
 
+def experiment_latent(results: dict[str, Any], seeds: int, family: str) -> None:
+    """The ``ct`` insertion arm with its lesions through the whole-image autoencoder (the latent ceiling)."""
+    from medsynth.models.artifact import load_model
+
+    train, test = Set("train-ct"), Set("test")
+    rows = [i for i, m in enumerate(test.modalities) if m == "CT"]
+    sizes = _diameters(train, train.where(RARE, "CT"))
+    inserted, _ = insertion(WORK / "ct" / "model", train, max(COUNTS), "CT", seed=0, sizes_mm=(min(sizes), max(sizes)))
+    inserted = inserted[:MAIN_COUNT]
+    normals = _normals(train, "CT")
+    model = load_model("builtin:phantom-2d")
+    latent = []
+    with torch.inference_mode():
+        for k, case in enumerate(inserted):
+            bg = train.scans[normals[k % len(normals)]]
+            changed = ndi.binary_dilation(np.abs(case.array[0] - bg.array[0]) > 0, iterations=1)
+            x = model.preprocessing.to_model(case)[None]
+            trip = model.preprocessing.from_model(model.decode(model.encode(x))[0], "CT")
+            latent.append(case.with_array(np.where(changed[None], trip.array, bg.array).astype(np.float32)))
+    res = results.setdefault(family, {}).setdefault("latent", {"autoencoder": "builtin:phantom-2d"})
+    name = f"insertion-{MAIN_COUNT}-through-autoencoder"
+    if name not in res:
+        res[name] = score(
+            train.scans + latent, train.labels + [RARE] * len(latent), test, rows, seeds=seeds, family=family
+        )
+        log(f"latent/{family}/{name}: {res[name]['nodule_recall']:.3f} / {res[name]['balanced_accuracy']:.3f}")
+        _save(results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["data", "train", "evaluate", "all"], default="all")
@@ -570,7 +604,8 @@ def main() -> None:
                 if exp == "ct":
                     experiment_ct(results, args.seeds, family, tuple(int(c) for c in args.counts.split(",")))
                 else:
-                    {"mr": experiment_mr, "size": experiment_size}[exp](results, args.seeds, family)
+                    runs = {"mr": experiment_mr, "size": experiment_size, "latent": experiment_latent}
+                    runs[exp](results, args.seeds, family)
         _save(results)
 
 

@@ -401,13 +401,16 @@ def _privacy_index(
     train: str = typer.Option(..., "--train", help="The model's training set CSV."),
     holdout: str = typer.Option(..., "--holdout", help="Holdout CSV (never trained on, disjoint by patient)."),
     quantile: float = typer.Option(0.99, "--quantile"),
+    force: bool = typer.Option(
+        False, "--force", help="Build it even when --train is not the model's training set (recorded in the index)."
+    ),
 ) -> int:
     """Rebuild a model's privacy index (MODEL/privacy) from its training and holdout sets."""
     from pathlib import Path
 
     from medsynth.privacy.check import privacy_index
 
-    path = privacy_index(model, Path(train), Path(holdout), quantile)
+    path = privacy_index(model, Path(train), Path(holdout), quantile, force=force)
     typer.echo(f"privacy index written to {path}")
     return 0
 

@@ -21,6 +21,8 @@ pixels too (see ``benchmarks/lesion_model.py`` for the measurement).
 
 A model directory stores it in a sub-folder ``lesion/``: ``config.json`` (``LesionModelConfig``)
 and ``lesion.safetensors`` (the UNet and conditioner, EMA weights after training). No pickle.
+The model directory's own config.json records their sizes and SHA-256 (``models.verify``),
+checked when they are loaded.
 
 Example:
     >>> cfg = LesionModelConfig(spatial_dims=2, crop_size=[16, 16], spacing=[2.0, 2.0],
@@ -58,6 +60,7 @@ from medsynth.lesions.shapes import MaskBank
 from medsynth.limits import GUIDANCE_RANGE
 from medsynth.models.conditioning import Conditioner
 from medsynth.models.ldm import DEFAULT_SCHEDULER, SCHEDULER_KINDS, validate_scheduler_config
+from medsynth.models.verify import record_folder, verify_files
 from medsynth.strict import dataclass_from_dict
 
 LESION_DIR = "lesion"
@@ -269,6 +272,8 @@ def save_lesion_model(model: LesionModel, model_dir: str | Path, bank: MaskBank 
 
     Returns:
         The ``lesion/`` folder written (it replaces an earlier one whole, privacy index included).
+        The model directory's config.json then records the folder's files (and no longer the
+        replaced ones'), when the directory has a config.json.
     """
     out = Path(model_dir) / LESION_DIR
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -280,6 +285,7 @@ def save_lesion_model(model: LesionModel, model_dir: str | Path, bank: MaskBank 
             masks = {f"mask-{i:05d}": torch.from_numpy(m.astype(np.uint8)) for i, m in enumerate(bank.masks)}
             spacings = json.dumps([list(sp) for sp in bank.spacings])
             save_file(masks, str(tmp / MASKS_NAME), metadata={"spacings": spacings, "medsynth": __version__})
+    record_folder(model_dir, LESION_DIR)
     return out
 
 
@@ -292,6 +298,7 @@ def load_mask_bank(model_dir: str | Path) -> MaskBank | None:
     path = Path(model_dir) / LESION_DIR / MASKS_NAME
     if not path.is_file():
         return None
+    verify_files(model_dir, (f"{LESION_DIR}/{MASKS_NAME}",))
     try:
         state = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
@@ -310,11 +317,14 @@ def load_lesion_model(model_dir: str | Path, device: str | torch.device = "cpu")
 
     Raises:
         InputError: a ``lesion/`` folder with a missing or damaged config.json or weights file,
-            or weights that do not fit the config (one line, naming the file).
+            a file that differs from the model directory's records (its lesion privacy index
+            included), or weights that do not fit the config (one line, naming the file).
     """
     folder = Path(model_dir) / LESION_DIR
     if not folder.is_dir():
         return None
+    # The whole folder, lesion privacy index included: whoever loads the lesion model uses them together.
+    verify_files(model_dir, (f"{LESION_DIR}/",))
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     try:
         raw = json.loads(cfg_path.read_text())

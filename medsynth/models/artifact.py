@@ -9,6 +9,11 @@ A model directory holds::
     conditioner.safetensors     pathology/modality embeddings
     model_card.md               how it was trained, on what, and how well it does
     privacy/                    the privacy index (written by medsynth.privacy; kept on re-save)
+    lesion/                     the lesion model, when there is one (medsynth.lesions.model)
+
+config.json also records the size and SHA-256 of every weight and index file (``files``, see
+``medsynth.models.verify``); ``load_model`` and ``verify_model_dir`` check them, so a truncated
+or damaged copy is a one-line ``InputError`` naming the file.
 
 Weights are safetensors only; pickle-based checkpoints are refused. ``config.weights_dtype``
 may be ``float16`` to halve the files; ``load_model`` casts every tensor back to float32.
@@ -30,6 +35,7 @@ from medsynth.digest import update_from_file
 from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_path
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
+from medsynth.models.verify import read_config_json, record_files, split_records, verify_files
 
 BUILTIN_PREFIX = "builtin:"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -66,6 +72,10 @@ def default_card(model: LatentDiffusionModel) -> str:
 def save_model(model: LatentDiffusionModel, out_dir: str | Path, *, card: str | None = None) -> Path:
     """Write ``model`` as a model directory at ``out_dir`` (atomically; an existing ``privacy/`` is kept).
 
+    config.json records the size and SHA-256 of the three weight files. A kept ``privacy/`` is
+    not recorded here: its writer (the privacy index builder) records the files it writes, and
+    training rebuilds the index right after saving, which would make records carried over stale.
+
     Returns:
         The directory written.
     """
@@ -81,6 +91,7 @@ def save_model(model: LatentDiffusionModel, out_dir: str | Path, *, card: str | 
             }
             save_file(state, str(tmp / fname), metadata={"format": "pt", "medsynth": model.config.medsynth_version})
         (tmp / CARD_NAME).write_text(card if card is not None else default_card(model))
+        record_files(tmp, WEIGHT_FILES)
         if (out / PRIVACY_DIR).is_dir():
             shutil.copytree(out / PRIVACY_DIR, tmp / PRIVACY_DIR)
         _readable(tmp)
@@ -131,24 +142,44 @@ def load_config(path_or_name: str | Path) -> ModelConfig:
         InputError: no such model, not a model directory, unreadable or invalid config.json.
     """
     path = resolve_model_path(path_or_name)
-    try:
-        raw = json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path / CONFIG_NAME}: not readable JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path / CONFIG_NAME}: expected a JSON object")
+    # The file records are the directory's, not the model's: ModelConfig never holds them.
+    raw, _ = split_records(read_config_json(path), path / CONFIG_NAME)
     return ModelConfig.from_dict(raw)
+
+
+def verify_model_dir(path_or_name: str | Path) -> Path:
+    """Check every file config.json records (size, then SHA-256) in a model directory or built-in.
+
+    Cheap enough to call on every validation (the shipped models are a few MB to about 20 MB).
+    A directory without records (written before they existed) passes: it is not verifiable.
+
+    Returns:
+        The model directory.
+
+    Raises:
+        InputError: no such model, unreadable config.json or records, or a recorded file that is
+            missing, truncated or damaged (one line naming the file).
+    """
+    path = resolve_model_path(path_or_name)
+    verify_files(path)
+    return path
 
 
 def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> LatentDiffusionModel:
     """Load a model directory or a built-in model (``"builtin:phantom-2d"``), in eval mode, float32.
 
+    The weight files are checked against config.json's records first; the privacy index and the
+    lesion model are checked by their own loaders (``verify_model_dir`` checks everything).
+
     Raises:
         InputError: missing directory/config/weights, a pickle checkpoint, an unknown built-in,
-            or weights that do not fit the config.
+            weights that are truncated, damaged or do not fit the config.
     """
     path = resolve_model_path(path_or_name)
-    model = LatentDiffusionModel(load_config(path))
+    config = load_config(path)
+    # Before reading: a truncated file gets "N bytes, but config.json records M", not a parser error.
+    verify_files(path, tuple(WEIGHT_FILES))
+    model = LatentDiffusionModel(config)
     for fname, attr in WEIGHT_FILES.items():
         wpath = path / fname
         if not wpath.is_file():
@@ -174,7 +205,11 @@ def model_sha256(path: str | Path) -> str:
     """SHA-256 over config.json and the weight files (in a fixed order), for manifests.
 
     A lesion model's config, weights and mask bank count too when present, so the digest of a
-    manifest names the lesion model that made its lesions; the privacy indexes do not.
+    manifest names the lesion model that made its lesions. config.json holds the size and
+    SHA-256 of every recorded file (weights, privacy indexes, lesion model), so the digest changes
+    whenever any verified file changes, a rebuilt privacy index included; config.json records
+    no digest of itself, so nothing is circular. Files hashed directly as well keep the digest
+    meaningful for directories written before records existed.
     """
     root = resolve_model_path(path)
     h = hashlib.sha256()

@@ -16,6 +16,7 @@ from medsynth.conditions import group_key
 from medsynth.errors import InputError
 from medsynth.io.scan import Scan
 from medsynth.lazy import LazySequence
+from medsynth.models.verify import record_folder
 from medsynth.privacy.index import INDEX_DIR, PrivacyIndex
 
 if TYPE_CHECKING:
@@ -85,4 +86,5 @@ def build_index_for_model(
         quantile=quantile,
     )
     index.save(model_dir / INDEX_DIR)
+    record_folder(model_dir, INDEX_DIR)  # config.json's size and sha256 records (models.verify)
     return index

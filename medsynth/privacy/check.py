@@ -137,11 +137,62 @@ def privacy_check(
     return result
 
 
-def privacy_index(model: str, train: Path, holdout: Path, quantile: float = 0.99) -> Path:
-    """Rebuild ``MODEL/privacy`` from the training and holdout CSVs; return its path."""
-    from medsynth.models.artifact import resolve_model_path
+FORCED_FILE = "forced.json"  # in MODEL/privacy: the index was built from a set that is not the model's
+
+
+def matches_training_set(catalog: Catalog, recorded: dict[str, Any]) -> bool:
+    """Whether ``catalog`` holds the files a model's training fingerprint names.
+
+    The fingerprint hashes paths relative to the training CSV's folder, which a CSV elsewhere
+    (``train.csv`` in the work folder) does not share: every ancestor of the scans' common folder
+    is tried as that root. Counts per class must match exactly.
+    """
+    import os
+
+    from medsynth.digest import sha256_lines
+
+    if not catalog.records or catalog.fingerprint()["counts"] != recorded.get("counts"):
+        return False
+    paths = [str(r.path) for r in catalog.records]
+    common = Path(os.path.commonpath(paths))
+    for root in (common, *common.parents):
+        if sha256_lines(sorted(Path(os.path.relpath(p, root)).as_posix() for p in paths)) == recorded.get(
+            "file_list_sha256"
+        ):
+            return True
+    return False
+
+
+def privacy_index(model: str, train: Path, holdout: Path, quantile: float = 0.99, *, force: bool = False) -> Path:
+    """Rebuild ``MODEL/privacy`` from the training and holdout CSVs; return its path.
+
+    Raises:
+        InputError: ``train`` is not the model's training set (its recorded fingerprint), unless
+            ``force`` (then ``privacy/forced.json`` records it), or the sets overlap.
+    """
+    from medsynth.io.atomic import write_json
+    from medsynth.models.artifact import load_config, resolve_model_path
 
     q = check_quantile(quantile, "--quantile")
     model_dir = resolve_model_path(model)
-    build_index_for_model(model_dir, _catalog(train), _catalog(holdout), quantile=q)
+    recorded = load_config(model_dir).fingerprint
+    train_cat, holdout_cat = _catalog(train), _catalog(holdout)
+    matches = matches_training_set(train_cat, recorded)
+    if not matches and not force:
+        given = train_cat.fingerprint()["counts"]
+        raise InputError(
+            f"{train}: is not the training set of {model} (per class {given}; the model was trained on "
+            f"{recorded.get('counts')}); give the model's training CSV (medsynth train writes it as "
+            "WORK_DIR/splits/train.csv) and a holdout it never saw, or --force to build the index anyway"
+        )
+    build_index_for_model(model_dir, train_cat, holdout_cat, quantile=q)
+    if not matches:
+        write_json(
+            model_dir / "privacy" / FORCED_FILE,
+            {
+                "forced": True,
+                "reason": "--train does not match the model's training fingerprint",
+                "given": train_cat.fingerprint(),
+            },
+        )
     return model_dir / "privacy"

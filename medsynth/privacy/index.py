@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_path
 from medsynth.io.scan import Scan
+from medsynth.models.verify import verify_files
 from medsynth.privacy.calibration import check_quantile, empirical_pvalue, group_for, null_scores, thresholds
 from medsynth.privacy.envelope import Envelope
 from medsynth.privacy.features import FeatureConfig, Features, scan_features
@@ -384,9 +386,11 @@ class PrivacyIndex:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             t = load_file(str(tensor_path))
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError, UnicodeDecodeError, SafetensorError) as exc:
+            # A truncated or garbled index.safetensors raises SafetensorError (not a ValueError).
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(
-                f"{directory}: unreadable privacy index ({exc}); rebuild it with medsynth privacy-index"
+                f"{directory}: unreadable privacy index ({first}); rebuild it with medsynth privacy-index"
             ) from None
         if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION:
             version = meta.get("version") if isinstance(meta, dict) else None
@@ -437,11 +441,16 @@ def _first(scans: Sequence[Scan]) -> Scan:
 
 
 def load_index_for_model(model_dir: str | Path) -> PrivacyIndex:
-    """The index stored in ``model_dir/privacy``; a clear InputError when there is none."""
+    """The index stored in ``model_dir/privacy``; a clear InputError when there is none.
+
+    Its files are checked first against the sizes and SHA-256 that the model directory's
+    config.json records (``models.verify``), so a truncated copy is named as such.
+    """
     path = Path(model_dir) / INDEX_DIR
     if not path.is_dir():
         raise InputError(
             f"{path}: the model has no privacy index; build one with "
             "`medsynth privacy-index MODEL_DIR --train TRAIN.csv --holdout HOLDOUT.csv`"
         )
+    verify_files(model_dir, (f"{INDEX_DIR}/",))
     return PrivacyIndex.load(path)

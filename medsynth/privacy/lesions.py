@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors import SafetensorError
 from scipy import ndimage as ndi
 
 from medsynth.conditions import group_key
@@ -54,6 +53,7 @@ from medsynth.io.atomic import atomic_path
 from medsynth.io.scan import Scan
 from medsynth.lesions.composite import resample_to
 from medsynth.lesions.morphology import label_components
+from medsynth.models.verify import record_folder
 from medsynth.privacy.calibration import check_quantile
 from medsynth.privacy.envelope import Envelope
 from medsynth.privacy.features import FeatureConfig, Features
@@ -391,8 +391,8 @@ def build_lesion_index(
     with atomic_path(folder) as tmp:
         index.save(tmp)
         (tmp / CROP_SETTINGS).write_text(json.dumps(_crop_settings(spacing, size), indent=1) + "\n", encoding="utf-8")
-    tau = index.thresholds()["pooled"]
-    log(f"lesion privacy index: {len(tr)} training and {len(ho)} held-out lesions, tau {tau:.4f} -> {folder}")
+    record_folder(model_dir, LESION_INDEX_DIR)  # config.json's size and sha256 records (models.verify)
+    log(f"lesion privacy index: {len(tr)}/{len(ho)} training/held-out lesions, tau {index.thresholds()['pooled']:.4f}")
     return folder
 
 
@@ -422,8 +422,6 @@ def load_lesion_index(model_dir: str | Path) -> PrivacyIndex:
     except InputError as exc:
         first = str(exc).split(";")[0].replace(f"{folder}: ", "")
         raise InputError(msg.format(f"damaged lesion privacy index ({first})")) from None
-    except SafetensorError:  # PrivacyIndex.load lets a garbled safetensors header through
-        raise InputError(msg.format("damaged lesion privacy index (unreadable index.safetensors)")) from None
     if len(spacing) != index.spatial_dims or len(size) != index.spatial_dims:
         raise InputError(msg.format("damaged lesion privacy index (crop settings of the wrong dimension)"))
     index.lesion_crop = {"spacing": spacing, "size": size}  # type: ignore[attr-defined]

@@ -69,11 +69,12 @@ def read_model_info(ref: str, base_dir: Path) -> ModelInfo:
     Raises:
         InputError: no such model, not a model directory, or an invalid config.json.
     """
-    from medsynth.models.artifact import PRIVACY_DIR, load_config, resolve_model_path
+    from medsynth.models.artifact import PRIVACY_DIR, load_config, resolve_model_path, verify_model_dir
 
     target: str | Path = ref if ref.startswith("builtin:") else (base_dir / ref)
     path = resolve_model_path(target)
     cfg = load_config(path)
+    verify_model_dir(path)  # size + sha256 of every recorded file, before any output folder exists
     privacy = path / PRIVACY_DIR
     return ModelInfo(
         ref=ref,

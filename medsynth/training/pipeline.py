@@ -39,6 +39,7 @@ from medsynth.training.diffusion import build_stage2, compute_scale_factor, enco
 from medsynth.training.distributed import class_keys
 from medsynth.training.loop import RunContext, resolve_precision, run_stage
 
+SPLITS_DIR = "splits"  # WORK_DIR/splits/{train,val,test}.csv: the split this run used
 CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
 _PERCENTILE_SCANS = 32  # scans per modality sampled for the default intensity range
 
@@ -259,6 +260,10 @@ def train(
         for note in checked.notes:
             log(note)
         train_cat, val_cat, test_cat, holdout = checked.train, checked.val, checked.test, checked.holdout
+        if ctx.is_main:  # the sets privacy-index, privacy-check and evaluate are to be given
+            (work / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
+            for name, part in (("train", train_cat), ("val", val_cat), ("test", test_cat)):
+                part.to_csv(work / SPLITS_DIR / f"{name}.csv")
         lesion = lesion_stage.wanted(cfg.lesion, train_cat)
         if lesion_only:
             return _lesion_only(cfg, ctx, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log)

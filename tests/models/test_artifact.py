@@ -80,6 +80,12 @@ def test_missing_things_are_named(tiny_model, tmp_path):
     with pytest.raises(InputError, match="unet.safetensors: missing"):
         load_model(out)
     (out / "unet.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="unet.safetensors: 7 bytes, but config.json records"):
+        load_model(out)
+    # Without records (a directory from before them) the reader names the damage.
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["files"]
+    (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InputError, match="not a readable safetensors"):
         load_model(out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,22 @@ def test_a_csv_error_stops_train_before_any_work(tiny_cfg, dataset, tmp_path):
     with pytest.raises(InputError, match="gone.nii.gz"):
         train(parse_config(tiny_cfg(labels, tmp_path)), progress=False)
     assert not (tmp_path / "work").exists()
+
+
+def test_privacy_index_refuses_sets_that_are_not_the_models(straight_run, tmp_path, capsys):
+    """The issue's swap: --train HOLDOUT --holdout TRAIN is refused; train's own split CSVs are accepted."""
+    import shutil
+
+    splits = straight_run.parent / "work" / "splits"
+    straight_run = shutil.copytree(straight_run, tmp_path / "model")  # the shared run stays as it is
+    assert {p.name for p in splits.iterdir()} == {"train.csv", "val.csv", "test.csv"}
+    args = ["privacy-index", str(straight_run), "--train", str(splits / "test.csv"), "--holdout"]
+    assert main([*args, str(splits / "train.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is not the training set of" in err and "--force" in err and err.count("\n") == 1
+    assert not (straight_run / "privacy").exists()
+    good = ["privacy-index", str(straight_run), "--train", str(splits / "train.csv"), "--holdout"]
+    assert main([*good, str(splits / "test.csv")]) == 0, capsys.readouterr().err
+    assert not (straight_run / "privacy" / "forced.json").exists()
+    assert main([*args, str(splits / "val.csv"), "--force"]) == 0
+    assert json.loads((straight_run / "privacy" / "forced.json").read_text())["forced"] is True
