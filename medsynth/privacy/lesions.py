@@ -392,7 +392,8 @@ def build_lesion_index(
         index.save(tmp)
         (tmp / CROP_SETTINGS).write_text(json.dumps(_crop_settings(spacing, size), indent=1) + "\n", encoding="utf-8")
     record_folder(model_dir, LESION_INDEX_DIR)  # config.json's size and sha256 records (models.verify)
-    log(f"lesion privacy index: {len(tr)}/{len(ho)} training/held-out lesions, tau {index.thresholds()['pooled']:.4f}")
+    tau = index.thresholds()["pooled"]
+    log(f"lesion privacy index: {len(tr)} training and {len(ho)} held-out lesions, tau {tau:.4f} -> {folder}")
     return folder
 
 

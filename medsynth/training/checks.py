@@ -219,7 +219,7 @@ def check_config(config: TrainConfig | str | Path, *, strict: bool = False) -> D
     if made.is_file() and json.loads(made.read_text()) == spec:  # what train made, and would reuse
         return check_data(cfg, Catalog.from_csv(data_dir / "labels.csv"), where=dataset_name(cfg), strict=strict)
     with tempfile.TemporaryDirectory(prefix="medsynth-check-") as tmp:
-        csv = phantom_dataset(Path(tmp), **spec) / "labels.csv"
+        csv = phantom_dataset(Path(tmp), **spec)  # the labels.csv it wrote
         return check_data(cfg, Catalog.from_csv(csv), where=dataset_name(cfg), strict=strict)
 
 
