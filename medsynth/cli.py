@@ -164,16 +164,17 @@ def _inspect(
 ) -> int:
     """One line per scan: path, modality, 2D/3D, shape, spacing (mm) and orientation code.
 
-    A file that cannot be read is reported on stderr and the rest are still inspected;
-    the exit status is 2 when any failed.
+    Headers only: no pixel data is decoded, so it is fast on any file. A scan whose geometry
+    was guessed says so. A file that cannot be read is reported on stderr and the rest are
+    still inspected; the exit status is 2 when any failed.
     """
     import json
 
-    from medsynth.io import describe_scan, read_scans
+    from medsynth.io import describe_scan, describe_scans
 
     failed = 0
     for path in paths:
-        for label, item in read_scans(path):
+        for label, item in describe_scans(path):
             if isinstance(item, MedsynthError):
                 failed += 1
                 msg = " ".join(str(item).split())  # one line, whatever the reader wrote
@@ -190,6 +191,7 @@ def _inspect(
                     f"  spacing={'x'.join(f'{v:g}' for v in facts['spacing'])}mm"
                     f"  orientation={facts['orientation']}"
                     + (f"  channels={facts['channels']}" if facts["channels"] > 1 else "")
+                    + (f"  geometry=guessed ({facts['geometry_guessed']})" if facts["geometry_guessed"] else "")
                 )
     return 2 if failed else 0
 
@@ -200,11 +202,25 @@ def _convert(
     dst: str = typer.Argument(..., help=_DESTINATION_HELP),
     fmt: str = typer.Option(..., "--format", help=f"Output format: {_FORMAT_CHOICES}."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing destination."),
+    modality: str | None = typer.Option(
+        None,
+        "--modality",
+        help="The source's DICOM modality code (CT, MR, DX...) when its file stores none (NIfTI, PNG); "
+        "it must agree with a DICOM's own Modality.",
+    ),
+    allow_guessed_geometry: bool = typer.Option(
+        False,
+        "--allow-guessed-geometry",
+        help="Write DICOM even when the source's geometry was guessed (PNG, NIfTI without sform/qform, "
+        "DICOM without positions); the files say so in ImageComments.",
+    ),
 ) -> None:
     """Convert one scan between DICOM, NIfTI and PNG; nothing is written when it fails."""
     from medsynth.io import convert
 
-    written, scan = convert(src, dst, fmt, overwrite=overwrite)
+    written, scan = convert(
+        src, dst, fmt, overwrite=overwrite, modality=modality, allow_guessed_geometry=allow_guessed_geometry
+    )
     typer.echo(f"wrote {written} ({fmt}, {scan.modality} {scan.spatial_dims}D, shape {scan.shape})")
 
 
@@ -270,6 +286,12 @@ def _validate(
     typer.echo(f"  formats {', '.join(p.output.formats)} -> {plan.output_dir}")
     gate = f"on (quantile {p.privacy.quantile}, on_flag {p.privacy.on_flag})" if p.privacy.gate else "OFF"
     typer.echo(f"  privacy gate {gate}")
+    for use in plan.indexes:
+        typer.echo(f"  {use.name} {use.path}:")
+        for line in use.strength.lines():
+            typer.echo(f"    {line}")
+        for weak in use.weaknesses:
+            typer.echo(f"    WEAK (accepted by privacy.accept_weak_index): {weak}")
 
 
 @app.command("generate")

@@ -75,3 +75,9 @@ def test_no_import_cycles() -> None:
     for m in sorted(graph):
         if m not in state and (cycle := visit(m)):
             raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_shipped_model_files_total_at_most_40_mb() -> None:
+    """The repository stays lean: every shipped model file (weights, indexes, cards) counts."""
+    total = sum(p.stat().st_size for p in (PACKAGE / "models" / "pretrained").rglob("*") if p.is_file())
+    assert total <= 40_000_000, f"shipped models total {total / 1e6:.1f} MB; the budget is 40 MB"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from medsynth.cli import main
 from medsynth.io import read_scan, write_scan
+from medsynth.io.dicom import write_dicom
+from medsynth.io.nifti import GUESSED_NIFTI
 from medsynth.io.scan import Scan
+
+PNG_GUESS = "PNG stores no patient geometry: 1 mm pixels, axial display orientation, origin 0"
 
 
 @pytest.fixture
@@ -32,7 +39,9 @@ def test_inspect_prints_one_line_per_scan(scans, capsys):
     assert err == "" and len(lines) == 3
     assert lines[0] == f"{scans / 'ct.nii.gz'}  OT  3D  shape=4x5x3  spacing=0.5x0.75x2mm  orientation=RAS"
     assert lines[1].startswith(str(scans / "mr")) and "  MR  3D  shape=3x4x4  spacing=3x1x1mm" in lines[1]
-    assert lines[2] == f"{scans / 'xray.png'}  OT  2D  shape=6x8  spacing=1x1mm  orientation=PL"
+    assert lines[2] == (
+        f"{scans / 'xray.png'}  OT  2D  shape=6x8  spacing=1x1mm  orientation=PL  geometry=guessed ({PNG_GUESS})"
+    )
 
 
 def test_inspect_json_lines(scans, capsys):
@@ -48,6 +57,7 @@ def test_inspect_json_lines(scans, capsys):
             "spacing": [0.5, 0.75, 2.0],
             "orientation": "RAS",
             "source_format": "nifti",
+            "geometry_guessed": None,
         },
         {
             "path": str(scans / "xray.png"),
@@ -58,6 +68,7 @@ def test_inspect_json_lines(scans, capsys):
             "spacing": [1.0, 1.0],
             "orientation": "PL",
             "source_format": "png",
+            "geometry_guessed": PNG_GUESS,
         },
     ]
 
@@ -120,3 +131,110 @@ def test_convert_does_not_overwrite_unless_asked(scans, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and dst.read_text() == "precious"
     assert main(["convert", str(scans / "ct.nii.gz"), str(dst), "--format", "nifti", "--overwrite"]) == 0
     assert read_scan(dst).shape == (4, 5, 3)
+
+
+# ---------------------------------------------------------------- convert --modality
+
+
+def test_convert_modality_names_what_the_file_does_not_say(scans, tmp_path, capsys):
+    assert (
+        main(["convert", str(scans / "ct.nii.gz"), str(tmp_path / "ct"), "--format", "dicom", "--modality", "ct"]) == 0
+    )
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'ct'} (dicom, CT 3D")
+    first = sorted((tmp_path / "ct").iterdir())[0]
+    assert pydicom.dcmread(first).SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    # A DICOM's own Modality may be repeated, not contradicted.
+    assert (
+        main(["convert", str(scans / "mr"), str(tmp_path / "mr.nii.gz"), "--format", "nifti", "--modality", "MR"]) == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "modality", "message"),
+    [
+        ("mr", "CT", r"mr: --modality CT contradicts the file's own Modality MR; drop --modality"),
+        ("ct.nii.gz", "CAT", r"--modality 'CAT' is not a DICOM modality code \(did you mean CT\?\)"),
+        ("ct.nii.gz", "", r"--modality '' is not a DICOM modality code"),
+    ],
+)
+def test_convert_refuses_a_wrong_modality(scans, tmp_path, capsys, source, modality, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["convert", str(scans / source), str(out / "x.nii.gz"), "--format", "nifti", "--modality", modality]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("medsynth: error: ")
+    assert re.search(message, err), err
+    assert _leftovers(out) == []
+
+
+# ---------------------------------------------------------------- guessed geometry
+
+
+def test_inspect_says_when_geometry_was_guessed(scans, tmp_path, capsys):
+    header = nib.Nifti1Header()  # no sform/qform: the Analyze fallback
+    header.set_data_shape((4, 5, 6))
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), None, header=header), tmp_path / "none.nii")
+    files = write_dicom(Scan(np.zeros((1, 6, 7), np.float32), np.eye(4), "DX"), tmp_path / "dx", case_id="dx")
+    ds = pydicom.dcmread(files[0])
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PatientOrientation  # a bare radiograph
+    ds.save_as(files[0])
+    assert main(["inspect", str(tmp_path / "none.nii"), str(tmp_path / "dx"), str(scans / "ct.nii.gz")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"  geometry=guessed ({GUESSED_NIFTI})")
+    assert "  DX  2D  shape=6x7  spacing=1x1mm  orientation=IL  geometry=guessed (no ImagePositionPatient/" in lines[1]
+    assert "geometry=" not in lines[2]
+    assert main(["inspect", "--json", str(tmp_path / "dx")]) == 0
+    guess = json.loads(capsys.readouterr().out)["geometry_guessed"]
+    assert guess.startswith("no ImagePositionPatient/ImageOrientationPatient") and "origin 0" in guess
+
+
+def test_convert_to_dicom_refuses_guessed_geometry_unless_allowed(scans, tmp_path, capsys, dciodvfy_errors):
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["convert", str(scans / "xray.png"), str(out / "xray"), "--format", "dicom", "--modality", "DX"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(
+        f"medsynth: error: {scans / 'xray.png'}: its geometry was guessed"
+    )
+    assert f"({PNG_GUESS})" in err and "--allow-guessed-geometry" in err
+    assert _leftovers(out) == []
+    # Other formats do not state patient geometry the way DICOM does: no check there.
+    assert main(["convert", str(scans / "xray.png"), str(out / "xray.nii.gz"), "--format", "nifti"]) == 0
+    capsys.readouterr()
+
+    assert main([*argv, "--allow-guessed-geometry"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out / 'xray'} (dicom, DX 2D")
+    [written] = sorted((out / "xray").iterdir())
+    ds = pydicom.dcmread(written)
+    assert ds.Modality == "DX" and ds.ImageComments == f"geometry assumed by medsynth, not measured: {PNG_GUESS}"
+    assert dciodvfy_errors(written) == []
+    # Read back, it is still a guess: converting it again needs the flag again.
+    assert read_scan(out / "xray").geometry_guessed == PNG_GUESS
+    assert main(["convert", str(out / "xray"), str(out / "again"), "--format", "dicom"]) == 2
+    assert "its geometry was guessed" in capsys.readouterr().err
+
+
+def test_inspect_of_a_big_cine_reads_no_pixel_data(tmp_path, capsys, monkeypatch):
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # US Multi-frame Image Storage
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "US", pydicom.uid.generate_uid(), 1
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.SamplesPerPixel = 256, 256, 120, 3
+    ds.PhotometricInterpretation, ds.PlanarConfiguration = "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(120 * 256 * 256 * 3)  # 23.6 MB
+    ds.save_as(tmp_path / "cine.dcm", enforce_file_format=True)
+
+    def refuse(self):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(refuse))
+    assert main(["inspect", str(tmp_path / "cine.dcm")]) == 0
+    line = capsys.readouterr().out
+    assert "  US  3D  shape=120x256x256  spacing=1x1x1mm  orientation=PIL  channels=3  geometry=guessed (" in line

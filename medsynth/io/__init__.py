@@ -5,7 +5,9 @@ PNG/TIFF/JPEG. ``read_scan`` reads one scan, ``read_scans`` everything under a p
 (errors per item, for ``medsynth inspect``), ``write_scan`` writes one scan in a named
 format. What each format is (names, magic bytes, reader, writer) is its entry in
 ``medsynth.io.formats``; the readers themselves live in ``nifti.py``, ``png.py`` and
-``dicom/``. This module only decides which entry to use.
+``dicom/``. This module only decides which entry to use. ``describe_path`` and
+``describe_scans`` are ``read_scan``/``read_scans`` from headers alone: the same facts
+(``ScanInfo``, see ``Scan.info``) without decoding pixel data.
 
 Example:
     >>> from medsynth.io import read_scan, write_scan
@@ -17,7 +19,9 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from medsynth.errors import InputError, MedsynthError, file_error
 from medsynth.io.files import check_readable, walk_files
@@ -30,9 +34,12 @@ from medsynth.io.formats import (
     format_names,
     get_format,
 )
+from medsynth.io.modality import check_modality
 from medsynth.io.nifti import read_nifti, write_nifti
 from medsynth.io.png import read_png, write_png
-from medsynth.io.scan import Scan
+from medsynth.io.scan import Scan, ScanInfo
+
+_T = TypeVar("_T", Scan, ScanInfo)
 
 # The format names in preference order (the registry is ``medsynth.io.formats.FORMATS``).
 FORMATS: tuple[str, ...] = format_names()
@@ -87,8 +94,8 @@ def read_scan(path: str | os.PathLike[str], modality: str | None = None) -> Scan
 
     Args:
         path: file or folder. A folder must hold exactly one DICOM series.
-        modality: modality code for formats that store none (NIfTI, PNG/TIFF/JPEG);
-            default ``"OT"``. DICOM keeps its own Modality attribute.
+        modality: modality code for files that store none (NIfTI, PNG/TIFF/JPEG, a DICOM
+            without a Modality attribute); default ``"OT"``. DICOM keeps its own Modality.
 
     Raises:
         InputError: the path cannot be read as one scan; the message says why.
@@ -98,18 +105,45 @@ def read_scan(path: str | os.PathLike[str], modality: str | None = None) -> Scan
     try:
         return fmt.read(path, modality)
     except InputError as exc:
-        if not path.is_dir():
+        folder_error = _folder_of_files_error(path)
+        if folder_error is None:
             raise
-        # A folder that is no single series may be a folder of one-file scans: say so.
-        others = [p for p in walk_files(path) if _single_file(p)]
-        if others:
-            raise file_error(
-                path,
-                f"folder holds {len(others)} NIfTI/PNG/TIFF file(s) and no single DICOM series; "
-                "read_scan reads one scan: give one file, or use read_scans / `medsynth inspect` "
-                "for a folder of scans",
-            ) from exc
-        raise
+        raise folder_error from exc
+
+
+def _folder_of_files_error(path: Path) -> InputError | None:
+    """For a folder of one-file scans (no single DICOM series), the error that says so; else None."""
+    others = [p for p in walk_files(path) if _single_file(p)] if path.is_dir() else []
+    if not others:
+        return None
+    return file_error(
+        path,
+        f"folder holds {len(others)} NIfTI/PNG/TIFF file(s) and no single DICOM series; "
+        "read_scan reads one scan: give one file, or use read_scans / `medsynth inspect` "
+        "for a folder of scans",
+    )
+
+
+def describe_path(path: str | os.PathLike[str], modality: str | None = None) -> ScanInfo:
+    """``read_scan(path, modality).info`` from headers alone: no pixel data is decoded.
+
+    DICOM headers are parsed up to the pixel data (``stop_before_pixels``) and a series is
+    grouped, sorted and checked from them; NIfTI from nibabel's header (the data is never
+    read); PNG/TIFF/JPEG from the image header. So the cost does not grow with the pixel
+    data, and a file whose pixel data is damaged is still described (reading it fails).
+
+    Raises:
+        InputError: as ``read_scan``, for everything a header shows.
+    """
+    path = Path(path)
+    fmt = get_format(detect_format(path))
+    try:
+        return fmt.describe(path, modality)
+    except InputError as exc:
+        folder_error = _folder_of_files_error(path)
+        if folder_error is None:
+            raise
+        raise folder_error from exc
 
 
 def read_scans(path: str | os.PathLike[str]) -> list[tuple[str, Scan | MedsynthError]]:
@@ -124,20 +158,36 @@ def read_scans(path: str | os.PathLike[str]) -> list[tuple[str, Scan | MedsynthE
         ``(label, scan_or_error)`` pairs sorted by label; a label is the file path, or for
         DICOM the series label of ``read_dicom_series``.
     """
-    path = Path(path)
+    return _walk(Path(path), lambda p: _attempt(read_scan, p), FOLDER_FORMAT.read_tree)
+
+
+def describe_scans(path: str | os.PathLike[str]) -> list[tuple[str, ScanInfo | MedsynthError]]:
+    """``read_scans`` from headers alone (``describe_path`` per item): the same labels and order.
+
+    What ``medsynth inspect`` prints: fast and small on any file, since no pixel data is decoded.
+    """
+    return _walk(Path(path), lambda p: _attempt(describe_path, p), FOLDER_FORMAT.describe_tree)
+
+
+def _walk(
+    path: Path,
+    one: Callable[[Path], _T | MedsynthError],
+    tree: Callable[[Path], list[tuple[str, _T | MedsynthError]]] | None,
+) -> list[tuple[str, _T | MedsynthError]]:
+    """The traversal of ``read_scans``: ``one`` for each one-scan file, ``tree`` for the DICOM series."""
     try:
         check_readable(path)
     except InputError as exc:
         return [(str(path), exc)]
     if path.is_file():
-        return [(str(path), _try_read(path))]
-    items: list[tuple[str, Scan | MedsynthError]] = []
+        return [(str(path), one(path))]
+    items: list[tuple[str, _T | MedsynthError]] = []
     series_seen = False
     for file in walk_files(path):
         if file.name.lower().endswith(COMPANION_SUFFIXES):
             continue
         if _single_file(file):
-            items.append((str(file), _try_read(file)))
+            items.append((str(file), one(file)))
             continue
         try:
             fmt = get_format(detect_format(file))
@@ -154,10 +204,10 @@ def read_scans(path: str | os.PathLike[str]) -> list[tuple[str, Scan | MedsynthE
         if fmt.is_folder:
             series_seen = True
         else:  # NIfTI or image recognised by content under an unusual name
-            items.append((str(file), _try_read(file)))
-    if series_seen and FOLDER_FORMAT.read_tree is not None:
+            items.append((str(file), one(file)))
+    if series_seen and tree is not None:
         try:
-            items.extend(FOLDER_FORMAT.read_tree(path))
+            items.extend(tree(path))
         except MedsynthError as exc:
             items.append((str(path), exc))
     if not items:
@@ -165,10 +215,10 @@ def read_scans(path: str | os.PathLike[str]) -> list[tuple[str, Scan | MedsynthE
     return sorted(items, key=lambda item: item[0])
 
 
-def _try_read(path: Path) -> Scan | MedsynthError:
-    """``read_scan(path)``, or the error it raised."""
+def _attempt(fn: Callable[[Path], _T], path: Path) -> _T | MedsynthError:
+    """``fn(path)``, or the error it raised."""
     try:
-        return read_scan(path)
+        return fn(path)
     except MedsynthError as exc:
         return exc
 
@@ -214,11 +264,14 @@ def convert(
     *,
     overwrite: bool = False,
     case_id: str | None = None,
+    modality: str | None = None,
+    allow_guessed_geometry: bool = False,
 ) -> tuple[Path, Scan]:
     """Read one scan from ``src`` and write it to ``dst`` in format ``fmt``.
 
-    Everything that can be checked before writing is checked first (format, destination
-    name, an existing destination, 2D-only PNG), so a failed conversion writes nothing.
+    Everything that can be checked before writing is checked first (format, modality,
+    destination name, an existing destination, 2D-only PNG, guessed geometry), so a failed
+    conversion writes nothing.
 
     Args:
         src: a scan file or a DICOM series folder.
@@ -226,35 +279,63 @@ def convert(
         fmt: one of ``FORMATS``.
         overwrite: replace an existing destination (never a non-DICOM folder for dicom).
         case_id: DICOM only, see ``write_scan``.
+        modality: the source's modality (a DICOM modality code, CID 33) for files that store
+            none (NIfTI, PNG/TIFF/JPEG, a DICOM without Modality); it must agree with a DICOM's
+            own Modality attribute.
+        allow_guessed_geometry: write DICOM even when the source's geometry was guessed
+            (``Scan.geometry_guessed``); the files then say so in ImageComments.
 
     Returns:
         The path written and the scan.
+
+    Raises:
+        InputError: any check above fails; the message names the file and what to do.
     """
     entry = get_format(fmt)
+    given = check_modality(modality, "--modality") if modality is not None else None
     dst = entry.destination(Path(dst))
     if dst.exists() and not overwrite:
         raise InputError(f"{dst}: already exists; choose another destination or pass --overwrite")
-    scan = read_scan(src)
+    scan = read_scan(src, given)
+    if given is not None and scan.modality != given:
+        # Only a file's own Modality attribute can differ from the one given (it fills a missing one).
+        raise InputError(
+            f"{src}: --modality {given} contradicts the file's own Modality {scan.modality}; "
+            "drop --modality (DICOM keeps its own) or give the file's modality"
+        )
     if not entry.holds_3d and scan.spatial_dims != 2:
         volume_formats = " or ".join(name for name in FORMATS if get_format(name).holds_3d)
         raise InputError(
             f"{src}: is a 3D scan with shape {scan.shape}; {entry.title} holds 2D images only: "
             f"convert to {volume_formats}"
         )
+    if entry.name == "dicom" and scan.geometry_guessed and not allow_guessed_geometry:
+        # DICOM states patient position and orientation per slice: an assumed geometry written
+        # there would read back as measured. NIfTI and PNG output is not checked here.
+        raise InputError(
+            f"{src}: its geometry was guessed ({scan.geometry_guessed}); DICOM output would state it "
+            "as measured: pass --allow-guessed-geometry to write it anyway (noted in ImageComments)"
+        )
     # A converted scan came from a real file: it must not be labelled synthetic.
     return write_scan(scan, dst, fmt, case_id=case_id, synthetic=False), scan
 
 
-def describe_scan(scan: Scan) -> dict:
-    """The facts ``medsynth inspect`` prints: modality, dimensions, shape, spacing, orientation."""
+def describe_scan(scan: Scan | ScanInfo) -> dict:
+    """The facts ``medsynth inspect`` prints: modality, dimensions, shape, spacing, orientation.
+
+    ``geometry_guessed`` is None, or what the reader assumed about the geometry. A ``Scan``
+    and the ``ScanInfo`` of its file (``describe_path``) give the same dict.
+    """
+    info = scan.info if isinstance(scan, Scan) else scan
     return {
-        "modality": scan.modality,
-        "spatial_dims": scan.spatial_dims,
-        "channels": int(scan.array.shape[0]),
-        "shape": list(scan.shape),
-        "spacing": list(scan.spacing),
-        "orientation": scan.orientation,
-        "source_format": scan.metadata.get("source_format"),
+        "modality": info.modality,
+        "spatial_dims": info.spatial_dims,
+        "channels": info.channels,
+        "shape": list(info.shape),
+        "spacing": list(info.spacing),
+        "orientation": info.orientation,
+        "source_format": info.metadata.get("source_format"),
+        "geometry_guessed": info.geometry_guessed,
     }
 
 
@@ -273,8 +354,12 @@ def peek_spatial_dims(path: str | os.PathLike[str]) -> int:
 __all__ = [
     "FORMATS",
     "Scan",
+    "ScanInfo",
+    "check_modality",
     "convert",
+    "describe_path",
     "describe_scan",
+    "describe_scans",
     "detect_format",
     "peek_spatial_dims",
     "read_nifti",

@@ -29,11 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from medsynth.errors import InputError, MedsynthError
-from medsynth.io.nifti import NIFTI_SUFFIXES, peek_nifti_dims, peek_nifti_shape, read_nifti, write_nifti
-from medsynth.io.png import IMAGE_SUFFIXES, PNG_SUFFIXES, peek_image_shape, read_png, write_png
+from medsynth.io.nifti import (
+    NIFTI_SUFFIXES,
+    describe_nifti,
+    peek_nifti_dims,
+    peek_nifti_shape,
+    read_nifti,
+    write_nifti,
+)
+from medsynth.io.png import IMAGE_SUFFIXES, PNG_SUFFIXES, describe_image, peek_image_shape, read_png, write_png
 
 if TYPE_CHECKING:
-    from medsynth.io.scan import Scan
+    from medsynth.io.scan import Scan, ScanInfo
 
 # How many leading bytes ``sniff`` callables get: NIfTI-1's magic ends at byte 348.
 SNIFF_BYTES = 352
@@ -43,6 +50,12 @@ class Reader(Protocol):
     """``read(path, modality)``: one scan; ``modality`` for formats that store none."""
 
     def __call__(self, path: Path, modality: str | None) -> Scan: ...
+
+
+class Describer(Protocol):
+    """``describe(path, modality)``: what ``read`` would give, from headers (no pixel data)."""
+
+    def __call__(self, path: Path, modality: str | None) -> ScanInfo: ...
 
 
 class Writer(Protocol):
@@ -67,6 +80,8 @@ class Format:
         is_folder: one scan is a folder of files (a DICOM series): folders are read as this
             format and ``write_scan`` writes a folder.
         read: ``read(path, modality)``; ``modality`` is the code for formats that store none.
+        describe: ``describe(path, modality)``: ``read(path, modality).info`` from headers
+            alone, without decoding pixel data (``medsynth inspect``).
         write: ``write(scan, path, case_id=, synthetic=, uid_namespace=)``, the path as given
             by ``destination``; returns what was written.
         peek_spatial_dims: 2 or 3 from headers only, without reading pixel data.
@@ -76,6 +91,7 @@ class Format:
             matched; None when the magic bytes are the whole test.
         read_tree: for a folder format, every scan under a folder or tree, each with its
             label and its own error (``read_scans``); None for one-scan-per-file formats.
+        describe_tree: ``read_tree`` from headers alone (``describe_scans``).
     """
 
     name: str
@@ -87,12 +103,14 @@ class Format:
     holds_3d: bool
     is_folder: bool
     read: Reader
+    describe: Describer
     write: Writer
     peek_spatial_dims: Callable[[Path], int]
     peek_shape: Callable[[Path], tuple[int, ...] | None]
     sniff: Callable[[bytes], bool]
     probe: Callable[[Path], bool] | None = None
     read_tree: Callable[[Path], list[tuple[str, Scan | MedsynthError]]] | None = None
+    describe_tree: Callable[[Path], list[tuple[str, ScanInfo | MedsynthError]]] | None = None
 
     def named_by(self, path: str | os.PathLike[str]) -> bool:
         """True when the file name ends in one of ``suffixes`` (case-insensitive)."""
@@ -125,6 +143,10 @@ def _read_nifti(path: Path, modality: str | None) -> Scan:
     return read_nifti(path, modality=modality)
 
 
+def _describe_nifti(path: Path, modality: str | None) -> ScanInfo:
+    return describe_nifti(path, modality=modality)
+
+
 def _write_nifti(scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path:
     return write_nifti(scan, path)  # the other options are DICOM's
 
@@ -137,7 +159,13 @@ def _sniff_nifti(head: bytes) -> bool:
 def _read_dicom(path: Path, modality: str | None) -> Scan:
     from medsynth.io.dicom import read_dicom
 
-    return read_dicom(path)  # DICOM keeps its own Modality attribute
+    return read_dicom(path, modality)  # the file's own Modality wins; ``modality`` fills a missing one
+
+
+def _describe_dicom(path: Path, modality: str | None) -> ScanInfo:
+    from medsynth.io.dicom import describe_dicom
+
+    return describe_dicom(path, modality)
 
 
 def _write_dicom(scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path:
@@ -177,8 +205,18 @@ def _read_dicom_tree(path: Path) -> list[tuple[str, Scan | MedsynthError]]:
     return read_dicom_series(path)
 
 
+def _describe_dicom_tree(path: Path) -> list[tuple[str, ScanInfo | MedsynthError]]:
+    from medsynth.io.dicom import describe_dicom_series
+
+    return describe_dicom_series(path)
+
+
 def _read_image(path: Path, modality: str | None) -> Scan:
     return read_png(path, modality=modality or "OT")
+
+
+def _describe_image(path: Path, modality: str | None) -> ScanInfo:
+    return describe_image(path, modality=modality or "OT")
 
 
 def _write_png(scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path:
@@ -212,6 +250,7 @@ FORMATS: dict[str, Format] = {
             holds_3d=True,
             is_folder=False,
             read=_read_nifti,
+            describe=_describe_nifti,
             write=_write_nifti,
             peek_spatial_dims=peek_nifti_dims,
             peek_shape=peek_nifti_shape,
@@ -227,12 +266,14 @@ FORMATS: dict[str, Format] = {
             holds_3d=True,
             is_folder=True,
             read=_read_dicom,
+            describe=_describe_dicom,
             write=_write_dicom,
             peek_spatial_dims=_peek_dicom,
             peek_shape=_peek_dicom_shape,
             sniff=_sniff_dicom,
             probe=_probe_dicom,
             read_tree=_read_dicom_tree,
+            describe_tree=_describe_dicom_tree,
         ),
         Format(
             # Reads PNG, TIFF and JPEG (2D images without geometry); writes PNG previews.
@@ -245,6 +286,7 @@ FORMATS: dict[str, Format] = {
             holds_3d=False,
             is_folder=False,
             read=_read_image,
+            describe=_describe_image,
             write=_write_png,
             peek_spatial_dims=_peek_image,
             peek_shape=peek_image_shape,

@@ -10,7 +10,9 @@ Affine choice on reading (the NIfTI standard's order, made explicit):
 3. else (both codes 0: an image with no stated orientation) nibabel's fallback
    ``header.get_best_affine()``: voxel sizes from ``pixdim``, the x axis flipped and the
    origin at the volume centre (the old Analyze convention). A ``UserWarning`` says so,
-   because the orientation is then a guess.
+   because the orientation is then a guess, and ``Scan.geometry_guessed`` records it.
+
+``describe_nifti`` gives the same facts from the header alone (``medsynth inspect``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medsynth.errors import InputError, file_error
 from medsynth.io.atomic import atomic_path
-from medsynth.io.scan import Scan
+from medsynth.io.scan import Scan, ScanInfo
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -54,22 +57,30 @@ def load_image(path: Path):
     return cls.from_file_map({"image": holder, "header": holder})
 
 
-def _choose_affine(img, path: Path) -> np.ndarray:
+# What ``Scan.geometry_guessed`` says of a NIfTI file that states no orientation.
+GUESSED_NIFTI = (
+    "sform_code and qform_code are 0: Analyze fallback (voxel sizes from pixdim, x flipped, origin at the centre)"
+)
+
+
+def _choose_affine(img, path: Path, *, warn: bool = True) -> tuple[np.ndarray, str | None]:
+    """The affine the NIfTI standard's order picks, and None or why it is a guess."""
     header = img.header
     sform, sform_code = header.get_sform(coded=True)
     if sform is not None and int(sform_code) > 0:
-        return np.asarray(sform, dtype=np.float64)
+        return np.asarray(sform, dtype=np.float64), None
     qform, qform_code = header.get_qform(coded=True)
     if qform is not None and int(qform_code) > 0:
-        return np.asarray(qform, dtype=np.float64)
-    warnings.warn(
-        f"{path}: sform_code and qform_code are both 0 (no orientation stored); using voxel "
-        "sizes from pixdim with the Analyze fallback orientation (x flipped, origin at the "
-        "centre). Check the orientation before using this scan.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return np.asarray(header.get_best_affine(), dtype=np.float64)
+        return np.asarray(qform, dtype=np.float64), None
+    if warn:
+        warnings.warn(
+            f"{path}: sform_code and qform_code are both 0 (no orientation stored); using voxel "
+            "sizes from pixdim with the Analyze fallback orientation (x flipped, origin at the "
+            "centre). Check the orientation before using this scan.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return np.asarray(header.get_best_affine(), dtype=np.float64), GUESSED_NIFTI
 
 
 def _spatial_data(data_shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
@@ -111,9 +122,40 @@ def read_nifti(path: str | os.PathLike[str], modality: str | None = None) -> Sca
     Example:
         >>> scan = read_nifti("ct.nii.gz", modality="CT")  # doctest: +SKIP
     """
+    path = Path(path)
+    img, shape, affine, guessed = _open_with_geometry(path, warn=True)
+    try:
+        # get_fdata applies scl_slope/scl_inter (nibabel's array proxy does the scaling).
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except Exception as exc:  # same reason as at nib.load: malformed data, many types
+        raise file_error(path, f"cannot read the voxel data ({_short(exc)}); truncated file?") from exc
+    try:
+        return Scan(data[None], affine, modality or "OT", {"source_format": "nifti"}, guessed)
+    except ValueError as exc:
+        raise file_error(path, f"unusable geometry in the header: {exc}") from exc
+
+
+def describe_nifti(path: str | os.PathLike[str], modality: str | None = None) -> ScanInfo:
+    """What ``read_nifti`` would give, from the header alone: the voxel data is never read.
+
+    ``nibabel.load`` reads the header and maps the data lazily, so this is fast on any file,
+    and a file whose data part is truncated is still described (reading it fails).
+    """
+    path = Path(path)
+    _, shape, affine, guessed = _open_with_geometry(path, warn=False)  # the caller shows the guess
+    try:
+        return ScanInfo(shape, 1, affine, modality or "OT", {"source_format": "nifti"}, guessed)
+    except ValueError as exc:
+        raise file_error(path, f"unusable geometry in the header: {exc}") from exc
+
+
+def _open_with_geometry(path: Path, *, warn: bool) -> tuple[Any, tuple[int, ...], np.ndarray, str | None]:
+    """The lazily loaded image, its spatial shape, its affine and None or why the affine is a guess.
+
+    Header only: the checks both ``read_nifti`` and ``describe_nifti`` make before any voxel.
+    """
     import nibabel as nib
 
-    path = Path(path)
     if not path.is_file():
         raise file_error(path, "no such file" if not path.exists() else "not a file")
     if path.stat().st_size == 0:
@@ -129,20 +171,12 @@ def read_nifti(path: str | os.PathLike[str], modality: str | None = None) -> Sca
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise file_error(path, f"not a NIfTI image (nibabel found {type(img).__name__})")
     shape = _spatial_data(img.shape, path)
-    affine = _choose_affine(img, path)
+    affine, guessed = _choose_affine(img, path, warn=warn)
     if not np.all(np.isfinite(affine)):
         raise file_error(path, "the header's affine holds NaN or infinite values")
     if len(shape) == 2:
         affine = _with_slice_normal(affine)
-    try:
-        # get_fdata applies scl_slope/scl_inter (nibabel's array proxy does the scaling).
-        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
-    except Exception as exc:  # same reason as at nib.load: malformed data, many types
-        raise file_error(path, f"cannot read the voxel data ({_short(exc)}); truncated file?") from exc
-    try:
-        return Scan(data[None], affine, modality or "OT", {"source_format": "nifti"})
-    except ValueError as exc:
-        raise file_error(path, f"unusable geometry in the header: {exc}") from exc
+    return img, shape, affine, guessed
 
 
 def peek_nifti_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:

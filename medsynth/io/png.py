@@ -4,7 +4,8 @@ Geometry of an image read from these formats (they store none): the array is ``(
 with ``H`` the image rows, 1 mm pixels, and the radiological display convention of an
 axial slice: going down the rows goes posterior (-y in RAS), going right along a row goes
 to the patient's left (-x in RAS), the slice normal is superior (+z) with 1 mm thickness.
-``scan.orientation`` is therefore ``"PL"``.
+``scan.orientation`` is therefore ``"PL"``, and ``scan.geometry_guessed`` says that all of
+it is assumed. ``describe_image`` gives the same facts from the file header alone.
 
 Colour images become one luminance channel, ``Y = 0.299 R + 0.587 G + 0.114 B``
 (ITU-R BT.601, the weights Pillow uses for mode "L"); an alpha channel is dropped.
@@ -24,7 +25,7 @@ import numpy as np
 
 from medsynth.errors import InputError, file_error
 from medsynth.io.atomic import atomic_path
-from medsynth.io.scan import Scan
+from medsynth.io.scan import Scan, ScanInfo
 
 PNG_SUFFIXES = (".png",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -76,16 +77,72 @@ def read_png(path: str | os.PathLike[str], modality: str = "OT") -> Scan:
         'PL'
     """
     path = Path(path)
+    _check_file(path)
+    gray = _read_gray(path)
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise file_error(path, f"image has shape {gray.shape}, expected a 2D image")
+    source = _source(path)
+    return Scan(gray[None], DISPLAY_AFFINE.copy(), modality, {"source_format": source}, _guessed(source))
+
+
+def describe_image(path: str | os.PathLike[str], modality: str = "OT") -> ScanInfo:
+    """What ``read_png`` would give, from the file header alone (no pixel is decoded).
+
+    Pillow and tifffile parse headers lazily: the size, mode and page count come without
+    decoding. Where the header cannot answer (neither library parses it, several frames or
+    pages, an unusual sample layout), the full read gives the answer or its one-line error.
+    """
+    path = Path(path)
+    _check_file(path)
+    shape = _header_shape(path)
+    if shape is None:
+        return read_png(path, modality).info
+    source = _source(path)
+    return ScanInfo(shape, 1, DISPLAY_AFFINE.copy(), modality, {"source_format": source}, _guessed(source))
+
+
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise file_error(path, "no such file" if not path.exists() else "not a file")
     if path.stat().st_size == 0:
         raise file_error(path, "empty file (0 bytes), expected a PNG, TIFF or JPEG image")
-    gray = _read_gray(path)
-    if gray.ndim != 2 or min(gray.shape) < 1:
-        raise file_error(path, f"image has shape {gray.shape}, expected a 2D image")
+
+
+def _source(path: Path) -> str:
     name = str(path).lower()
-    source = "tiff" if name.endswith(TIFF_SUFFIXES) else "jpeg" if name.endswith(JPEG_SUFFIXES) else "png"
-    return Scan(gray[None], DISPLAY_AFFINE.copy(), modality, {"source_format": source})
+    return "tiff" if name.endswith(TIFF_SUFFIXES) else "jpeg" if name.endswith(JPEG_SUFFIXES) else "png"
+
+
+def _guessed(source: str) -> str:
+    """``Scan.geometry_guessed`` of every image read from these formats: they store no geometry."""
+    return f"{source.upper()} stores no patient geometry: 1 mm pixels, axial display orientation, origin 0"
+
+
+def _header_shape(path: Path) -> tuple[int, int] | None:
+    """``(rows, columns)`` from the header of a one-frame 2D image; None when the header cannot tell."""
+    if str(path).lower().endswith(TIFF_SUFFIXES):
+        # tifffile first, as ``_read_gray``: it parses TIFFs that Pillow cannot open.
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if len(tif.pages) == 1:
+                    page = cast("tifffile.TiffPage", tif.pages[0])
+                    if page.imagedepth == 1 and page.samplesperpixel <= 4:
+                        return int(page.imagelength), int(page.imagewidth)
+                return None
+        except Exception:  # tifffile raises many types; Pillow may still parse it
+            pass
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if getattr(img, "n_frames", 1) != 1:
+                return None  # the reader refuses it with its own message
+            width, height = img.size
+    except Exception:  # Pillow raises many types for malformed files; the reader says why
+        return None
+    return (int(height), int(width)) if min(width, height) >= 1 else None
 
 
 def peek_image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -263,10 +263,14 @@ def holes_of(mask: torch.Tensor, margin: int) -> torch.Tensor:
 # -- save / load -----------------------------------------------------------------------------
 
 
-def save_lesion_model(model: LesionModel, model_dir: str | Path, bank: MaskBank | None = None) -> Path:
+def save_lesion_model(
+    model: LesionModel, model_dir: str | Path, bank: MaskBank | None = None, *, weights_dtype: str = "float32"
+) -> Path:
     """Write ``model`` to ``MODEL_DIR/lesion/`` (config.json + lesion.safetensors), atomically.
 
     Args:
+        weights_dtype: ``float32`` or ``float16`` (half the file; loaded back as float32), as the
+            whole-image model's ``weights_dtype``.
         bank: the training lesion shapes, stored beside the weights as ``masks.safetensors``
             (binary tight crops and their spacings; no image values), for ``load_mask_bank``.
 
@@ -276,7 +280,13 @@ def save_lesion_model(model: LesionModel, model_dir: str | Path, bank: MaskBank 
         replaced ones'), when the directory has a config.json.
     """
     out = Path(model_dir) / LESION_DIR
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if weights_dtype not in ("float32", "float16"):
+        raise InputError(f"lesion model weights_dtype: expected float32 or float16; got {weights_dtype!r}")
+    dtype = torch.float16 if weights_dtype == "float16" else torch.float32
+    state = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in model.state_dict().items()
+    }
     with atomic_path(out) as tmp:
         tmp.mkdir()
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -38,6 +38,7 @@ from medsynth.privacy.envelope import Envelope
 from medsynth.privacy.features import FeatureConfig, Features, scan_features
 from medsynth.privacy.search import FeatureSearch
 from medsynth.privacy.selftest import detector_selftest
+from medsynth.privacy.strength import IndexStrength
 from medsynth.seeding import numpy_rng
 
 __all__ = ["PrivacyIndex", "PrivacyVerdict", "load_index_for_model"]
@@ -242,6 +243,10 @@ class PrivacyIndex:
         keep = ~self.holdout_empty
         return self.holdout_scores[keep], [g for g, k in zip(self.holdout_groups, keep) if k]
 
+    def strength(self) -> IndexStrength:
+        """The holdout behind each threshold and the self-test recall (``privacy.strength``)."""
+        return IndexStrength.of(self._calibration()[1], self.min_group_size, self.selftest)
+
     def thresholds(self, quantile: float | None = None) -> dict[str, float]:
         """tau per group large enough, and the pooled tau (key ``"pooled"``)."""
         scores, groups = self._calibration()
@@ -349,6 +354,7 @@ class PrivacyIndex:
             "thresholds": self.thresholds(),
             "group_sizes": self.group_sizes(),
             "selftest": self.selftest,
+            "strength": self.strength().to_dict(),
             "stores": (
                 f"float16 feature maps ({self.feature_config.grid} pixels per axis, body-standardised, "
                 "pose-normalised, blurred) of every training and holdout scan: as sensitive as the model weights"
@@ -454,3 +460,24 @@ def load_index_for_model(model_dir: str | Path) -> PrivacyIndex:
         )
     verify_files(model_dir, (f"{INDEX_DIR}/",))
     return PrivacyIndex.load(path)
+
+
+def stored_strength(index_dir: str | Path) -> IndexStrength:
+    """The strength recorded in ``index_dir/index.json``, without loading the maps.
+
+    An index saved before strengths were stored is judged from its groups and self-test (its
+    holdout scans without a body, which take no part in calibration, then count too).
+
+    Raises:
+        InputError: no readable index.json.
+    """
+    meta_path = Path(index_dir) / "index.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if "strength" in meta:
+            return IndexStrength.from_dict(meta["strength"])
+        return IndexStrength.of(meta["holdout_groups"], meta["min_group_size"], meta.get("selftest"))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{meta_path}: unreadable privacy index ({type(exc).__name__}); rebuild it with medsynth privacy-index"
+        ) from None

@@ -25,6 +25,7 @@ from medsynth.privacy.calibration import POOLED, flagged_rate_test
 from medsynth.privacy.index import PrivacyIndex, PrivacyVerdict
 from medsynth.privacy.lesions import lesion_maps
 from medsynth.privacy.report import MAX_FLAGGED_SHOWN, _flagged, _flagged_table, _histogram, _sample, _sample_map
+from medsynth.privacy.strength import strength_summary, weakness_banner
 
 REPORT_JSON = "lesion_privacy_report.json"
 REPORT_HTML = "lesion_privacy_report.html"
@@ -83,6 +84,7 @@ def write_lesion_report(
         "n_dataset_backgrounds": n_dataset,
         "dataset_backgrounds_note": DATASET_SENTENCE.format(n=n_dataset) if n_dataset else "",
         "selftest": index.selftest,
+        "strength": strength_summary(index.strength(), (r.get("group", "") for r in rows), settings),
         "samples": [
             {**_sample(cid, r), "background": str(b)} for cid, r, b in zip(case_ids, rows, backgrounds, strict=True)
         ],
@@ -133,6 +135,7 @@ def _page(summary: dict[str, Any], index: PrivacyIndex, flagged_rows: str, hist:
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 6px}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>Lesion privacy report: inserted lesions against the training lesions</h1>
+{weakness_banner(summary["strength"])}
 <p>{summary["n_checked"]} inserted lesions checked; <b>{summary["n_flagged"]} flagged</b> ({summary["share_flagged"]:.1%}),
 {verdict} the {1 - index.quantile:.1%} expected of new lesions (one-sided binomial p = {rate["pvalue"]:.3g},
 α = {rate["alpha"]}).</p>{note}

@@ -27,6 +27,7 @@ from medsynth.io.atomic import atomic_write_text
 from medsynth.privacy.calibration import POOLED, closer_to_train_test, flagged_rate_test
 from medsynth.privacy.features import display_image
 from medsynth.privacy.index import PrivacyIndex, PrivacyVerdict
+from medsynth.privacy.strength import strength_summary, weakness_banner
 
 REPORT_JSON = "privacy_report.json"
 REPORT_HTML = "privacy_report.html"
@@ -167,6 +168,7 @@ def _summary(
         "train_near_duplicates": _near_duplicates(index, thresholds[POOLED], near_duplicate_limit),
         "train_pairs_searched": len(index.train_self_scores),
         "selftest": index.selftest,
+        "strength": strength_summary(index.strength(), (r.get("group", "") for r in rows), settings),
         "samples": [_sample(sid, r) for sid, r in zip(synthetic_ids, rows)],
     }
 
@@ -270,6 +272,7 @@ def _page(summary: dict[str, Any], index: PrivacyIndex, flagged_rows: str, hist:
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 6px}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>Privacy report: memorization check</h1>
+{weakness_banner(summary["strength"])}
 <p>{summary["n_checked"]} synthetic cases checked; <b>{summary["n_flagged"]} flagged</b> ({summary["share_flagged"]:.1%}),
 {verdict_line} (one-sided binomial p = {rate["pvalue"]:.3g}, α = {rate["alpha"]}). Unique training scans that are some case's
 nearest: {summary["unique_training_matched"]} of {len(index.train_ids)} ({summary["share_training_matched"]:.1%}); matched by flagged

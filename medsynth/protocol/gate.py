@@ -16,6 +16,7 @@ import numpy as np
 
 from medsynth.io.scan import Scan
 from medsynth.protocol.manifest import LESION, ManifestRecord, RejectedRecord
+from medsynth.protocol.plan_privacy import IMAGE_INDEX, LESION_INDEX
 from medsynth.protocol.schema import PrivacySpec
 
 if TYPE_CHECKING:
@@ -35,11 +36,13 @@ class Gate:
     backgrounds never loads the first, one that inserts nothing never the second.
     """
 
-    def __init__(self, model_dir: Path, settings: PrivacySpec) -> None:
+    def __init__(self, model_dir: Path, settings: PrivacySpec, weak: frozenset[str] = frozenset()) -> None:
+        """``weak``: the indexes (``plan_privacy.IMAGE_INDEX``/``LESION_INDEX``) accepted as weak; their verdicts say so."""
         from medsynth.privacy.calibration import flagged_rate_test
 
         self.model_dir = Path(model_dir)
         self.settings = settings
+        self.weak = weak
         self._rate_test = flagged_rate_test
         self._index: PrivacyIndex | None = None
         self._lesion_index: PrivacyIndex | None = None
@@ -65,14 +68,19 @@ class Gate:
     def check(self, scans: list[Scan], group: str) -> list[dict[str, Any]]:
         """One verdict per scan, as a JSON-ready dict (``gate: true``; non-finite numbers -> null)."""
         verdicts = self.index.check(scans, [group] * len(scans), quantile=self.settings.quantile)
-        return [{"gate": True, **{k: _finite(v) for k, v in v.to_dict().items()}} for v in verdicts]
+        return [self._record(v.to_dict(), IMAGE_INDEX) for v in verdicts]
 
     def check_lesions(self, scans: list[Scan], masks: list[np.ndarray], group: str) -> list[dict[str, Any]]:
         """One verdict per inserted lesion (its mask on its scan's grid), against the training lesions."""
         from medsynth.privacy.lesions import check_lesions
 
         verdicts = check_lesions(self.lesion_index, scans, masks, [group] * len(scans), quantile=self.settings.quantile)
-        return [{"gate": True, **{k: _finite(v) for k, v in v.to_dict().items()}} for v in verdicts]
+        return [self._record(v.to_dict(), LESION_INDEX) for v in verdicts]
+
+    def _record(self, verdict: dict[str, Any], kind: str) -> dict[str, Any]:
+        """A verdict as a manifest entry (``gate: true``; non-finite numbers -> null; a weak index marked)."""
+        weak = {"weak_index": True} if kind in self.weak else {}
+        return {"gate": True, **{k: _finite(v) for k, v in verdict.items()}, **weak}
 
     def rate_test(self, n_flagged: int, n: int) -> tuple[float, bool]:
         """(p-value, failed) of ``n_flagged`` flags in ``n`` checks against the expected rate."""

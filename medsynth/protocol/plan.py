@@ -30,6 +30,7 @@ from medsynth.digest import sha256_json
 from medsynth.errors import MedsynthError
 from medsynth.io.formats import FORMATS, get_format
 from medsynth.protocol.plan_insert import INTO_GENERATED, InsertPlan, check_insert
+from medsynth.protocol.plan_privacy import IndexUse, check_image_index_present, check_index_strength
 from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, load_protocol
 from medsynth.pydantic_errors import format_loc
 from medsynth.seeding import derive_seed
@@ -177,10 +178,16 @@ class RunPlan:
     quotas: tuple[QuotaPlan, ...]
     batches: tuple[BatchPlan, ...]
     output_dir: Path
+    indexes: tuple[IndexUse, ...] = ()  # the privacy indexes the run uses, judged (plan_privacy)
 
     @property
     def protocol(self) -> Protocol:
         return self.source.protocol
+
+    @property
+    def weak_indexes(self) -> frozenset[str]:
+        """The privacy indexes the protocol accepted as weak (``plan_privacy``)."""
+        return frozenset(u.kind for u in self.indexes if u.weaknesses)
 
     @property
     def cases(self) -> list[CasePlan]:
@@ -474,18 +481,11 @@ def validate_protocol(path: str | os.PathLike[str], *, out: str | os.PathLike[st
                 ("output", "formats"),
                 f"{fmt} is only for 2D models; model {model.ref} is {model.spatial_dims}D: use {volumetric}",
             )
-    # Only cases whose image the model samples are checked whole; inserted lesions have their own index.
-    samples = p.quotas is None or any(q.insert is None or q.insert.into == INTO_GENERATED for q in p.quotas)
-    if p.privacy.gate and samples and not model.has_privacy_index:
-        errs.add(
-            ("privacy", "gate"),
-            f"model {model.ref} has no privacy index ({model.path}/privacy is missing); build one with "
-            "`medsynth privacy-index MODEL_DIR --train TRAIN.csv --holdout HOLDOUT.csv`, or set "
-            "`privacy: {gate: false}` to generate without the memorization check",
-        )
+    check_image_index_present(errs.add, p, model)
     quotas = (
         _explicit_quotas(errs, source, model) if p.quotas is not None else _balance_quotas(errs, source, model, method)
     )
+    indexes = check_index_strength(errs.add, p, model, quotas)
     errs.raise_if_any()
     batches = plan_cases(quotas, p.sampler.batch_size)
     ids = Counter(c.case_id for b in batches for c in b.cases)
@@ -493,4 +493,4 @@ def validate_protocol(path: str | os.PathLike[str], *, out: str | os.PathLike[st
     if clashes:
         errs.add("quotas", f"pathology names that differ only in punctuation give the same case ids: {clashes[:3]}")
         errs.raise_if_any()
-    return RunPlan(source, model, tuple(quotas), batches, output_dir_for(source, out))
+    return RunPlan(source, model, tuple(quotas), batches, output_dir_for(source, out), indexes)

@@ -121,7 +121,7 @@ class _Run:
                 for c in {self.inserter.row(q, c): c for c in b.cases}.values():  # each row once
                     self.inserter.read_background(q, c)
         if self.p.privacy.gate and batches:
-            self.gate = Gate(self.plan.model.path, self.p.privacy)
+            self.gate = Gate(self.plan.model.path, self.p.privacy, self.plan.weak_indexes)
         finished = self.state.done | self.state.settled
         totals = []
         for q in self.plan.quotas:

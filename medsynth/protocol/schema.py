@@ -268,6 +268,13 @@ class PrivacySpec(_Strict):
     alpha: float = Field(
         0.01, gt=0.0, lt=0.5, description="Significance of the flagged-rate test that fails a run (exit 3)."
     )
+    accept_weak_index: bool = Field(
+        False,
+        description=(
+            "Generate even when a privacy index is weak (self-test recall under 0.9, or a threshold "
+            "resting on fewer than 50 holdout scans); the manifest, summary and reports record it in red."
+        ),
+    )
 
 
 class Protocol(_Strict):

@@ -77,7 +77,7 @@ def finalize(
     rejected = folder.merge(REJECTED, read_rejected, lambda r: (position[r.case_id], r.attempt))
     derived = sum(bool(r.derived) for r in records)
     if p.privacy.gate:
-        gate = gate or Gate(plan.model.path, p.privacy)
+        gate = gate or Gate(plan.model.path, p.privacy, plan.weak_indexes)
         privacy = judge(p.privacy, gate, records, rejected, gate_failure)
         if any(q.insert is None or q.insert.into != "dataset" for q in plan.quotas):
             privacy["report"] = _write_privacy_report(plan, gate, records, rejected, redraw)
@@ -89,6 +89,8 @@ def finalize(
         privacy = {"gate": False, "note": "privacy gate off (privacy.gate: false): cases were not checked"}
     if derived:
         privacy["dataset_backgrounds"] = derived
+    if p.privacy.gate and plan.weak_indexes:
+        privacy["weak_index"] = [u.to_dict() for u in plan.indexes if u.weaknesses]
     failed = privacy.get("failed", False)
     if not failed:
         _write_datalist(plan, records)
@@ -280,6 +282,11 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
                 f"lesion privacy gate: {lesions['flagged']} of {lesions['checked']} inserted lesions flagged"
                 + (f" (report: {out / lesions['report']})" if lesions.get("report") else "")
             )
+    for weak in pv.get("weak_index", []):
+        lines.append(
+            f"WARNING: weak {weak['index']} privacy index accepted (privacy.accept_weak_index): "
+            + "; ".join(weak["weaknesses"])
+        )
     if pv.get("dataset_backgrounds"):
         lines.append(
             f"{pv['dataset_backgrounds']} case(s) are real dataset scans with an inserted lesion: derived from "

@@ -184,7 +184,7 @@ def train_lesion_stage(
         progress=progress,
         log=log,
     )
-    save_lesion_model(model, model_dir, MaskBank.from_masks(masks, spacings))
+    save_lesion_model(model, model_dir, MaskBank.from_masks(masks, spacings), weights_dtype=cfg.weights_dtype)
     log(f"lesion model saved to {model_dir / 'lesion'}")
     if cfg.build_privacy_index:
         from medsynth.privacy.lesions import build_lesion_index

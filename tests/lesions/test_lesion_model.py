@@ -145,6 +145,20 @@ def test_save_and_load_give_the_same_outputs(tmp_path, dims):
         assert torch.equal(model(x, torch.tensor([5, 50]), x, x, ctx), loaded(x, torch.tensor([5, 50]), x, x, ctx))
 
 
+def test_float16_weights_are_half_the_file_and_load_back_as_float32(tmp_path):
+    model = _model(2)
+    save_lesion_model(model, tmp_path / "f32")
+    save_lesion_model(model, tmp_path / "f16", weights_dtype="float16")
+    f32, f16 = (tmp_path / d / LESION_DIR / WEIGHTS_NAME for d in ("f32", "f16"))
+    assert f16.stat().st_size < 0.6 * f32.stat().st_size
+    loaded = load_lesion_model(tmp_path / "f16")
+    assert loaded is not None
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype and torch.allclose(a, b, rtol=1e-3, atol=1e-4), k
+    with pytest.raises(InputError, match="weights_dtype"):
+        save_lesion_model(model, tmp_path / "bad", weights_dtype="bfloat16")
+
+
 def test_a_damaged_lesion_folder_is_a_one_line_input_error(tmp_path):
     save_lesion_model(_model(2), tmp_path)
     weights = tmp_path / LESION_DIR / WEIGHTS_NAME

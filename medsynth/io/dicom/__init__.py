@@ -1,8 +1,10 @@
 """DICOM series in and out: ``read_dicom``, ``read_dicom_series``, ``write_dicom``.
 
 The package has one module per job: ``headers`` finds DICOM files and groups their headers
-into series, ``read`` turns a series into a ``Scan``, ``write`` writes a ``Scan`` as a series,
-and ``geometry`` holds the slice sorting and affine <-> plane attributes both directions use.
+into series, ``layout`` works out a series' geometry, shape and slice order from those headers,
+``read`` decodes the pixels into that layout (``describe_dicom`` stops before the pixels),
+``write`` writes a ``Scan`` as a series, and ``geometry`` holds the slice sorting and
+affine <-> plane attributes both directions use.
 
 Reading (any vendor, any transfer syntax pydicom's pixel plugins decode):
 
@@ -23,9 +25,13 @@ Reading (any vendor, any transfer syntax pydicom's pixel plugins decode):
   spacing from PixelSpacing, else ImagerPixelSpacing, else NominalScannedPixelSpacing,
   else 1 mm; orientation from PatientOrientation, else rows to the patient's left and
   columns to the feet (a PA radiograph); origin 0; thickness SliceThickness, else 1 mm.
+  ``Scan.geometry_guessed`` says so (also for an image with orientation but no position).
 * A multi-frame file without per-frame positions (cine, simple multi-frame SC) is read as
   a frame stack: a 3D scan whose first axis is the frame index, spaced SpacingBetweenSlices,
-  else SliceThickness, else 1 mm (``series_kind`` "frame-stack": that axis may be time).
+  else SliceThickness, else 1 mm (``series_kind`` "frame-stack": that axis may be time);
+  ``Scan.geometry_guessed`` says so.
+* Modality is the Modality attribute; ``read_dicom(path, modality=...)`` supplies one only for
+  files that carry none (else ``"OT"``).
 
 Writing: one file per slice, CT or MR Image Storage for CT/MR scans and Secondary Capture
 (ConversionType SYN) otherwise, each marked synthetic (see ``write_dicom``).
@@ -34,7 +40,7 @@ Writing: one file per slice, CT or MR Image Storage for CT/MR scans and Secondar
 from __future__ import annotations
 
 from medsynth.io.dicom.headers import is_dicom_file, peek_dicom_dims
-from medsynth.io.dicom.read import read_dicom, read_dicom_series
+from medsynth.io.dicom.read import describe_dicom, describe_dicom_series, read_dicom, read_dicom_series
 from medsynth.io.dicom.write import (
     CONVERTED_DEIDENTIFICATION_METHOD,
     DEIDENTIFICATION_METHOD,
@@ -48,6 +54,8 @@ __all__ = [
     "DEIDENTIFICATION_METHOD",
     "MANUFACTURER",
     "MODEL_NAME",
+    "describe_dicom",
+    "describe_dicom_series",
     "is_dicom_file",
     "peek_dicom_dims",
     "read_dicom",

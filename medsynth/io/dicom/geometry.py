@@ -51,6 +51,11 @@ _LETTER_LPS = {
 DEFAULT_ROW_COS = np.array(_LETTER_LPS["L"])
 DEFAULT_COL_COS = np.array(_LETTER_LPS["F"])
 
+# How written files say that their plane attributes were assumed (``Scan.geometry_guessed``):
+# ImageComments "<note>: <reason>". The writer puts it there; the reader takes it back, so a
+# guess stays a guess through a DICOM round trip.
+GEOMETRY_ASSUMED_NOTE = "geometry assumed by medsynth, not measured"
+
 
 @dataclass(frozen=True)
 class Plane:

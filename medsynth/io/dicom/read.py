@@ -2,45 +2,36 @@
 
 The rules (modality transform, MONOCHROME1, colour, default geometry of projection images,
 frame stacks) are those of the package docstring (``medsynth.io.dicom``); the series come
-from ``medsynth.io.dicom.headers.discover``.
+from ``medsynth.io.dicom.headers.discover`` and their geometry from
+``medsynth.io.dicom.layout.group_layout``, checked before any pixel is decoded.
+``describe_dicom``/``describe_dicom_series`` stop there: the same facts, no pixel data read.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from medsynth.errors import InputError, MedsynthError
-from medsynth.io.dicom.geometry import (
-    DEFAULT_COL_COS,
-    DEFAULT_ROW_COS,
-    Plane,
-    orientation_from_letters,
-    parse_orientation,
-    parse_spacing,
-    plane_affine,
-    sort_slices,
-    volume_affine,
-)
 from medsynth.io.dicom.headers import (
     MALFORMED,
     SeriesGroup,
     discover,
-    first_item,
     frame_group,
     n_frames,
-    orientation_value,
     quiet,
     read_full,
     sop_name,
 )
-from medsynth.io.scan import Scan
+from medsynth.io.dicom.layout import Layout, channels_of, group_layout, scan_metadata, scan_modality
+from medsynth.io.scan import Scan, ScanInfo
+
+_T = TypeVar("_T")
 
 _RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
 
@@ -71,11 +62,9 @@ def _decode(ds: Dataset, where: str) -> np.ndarray:
             f"{where}: cannot decode the pixel data ({ts_name}): {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
-    frames = n_frames(ds)
-    color = int(ds.get("SamplesPerPixel", 1) or 1) == 3 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
-    if not color:
+    if channels_of(ds) == 1:
         arr = arr[..., None]
-    if frames == 1:
+    if n_frames(ds) == 1:
         arr = arr[None]
     return np.asarray(arr)
 
@@ -123,217 +112,51 @@ def _to_modality_units(raw: np.ndarray, ds: Dataset, frame: int, where: str) -> 
     return out.astype(np.float32)[None]
 
 
-def _metadata(ds: Dataset, kind: str) -> dict[str, Any]:
-    """Only non-identifying keys (``scan.SAFE_METADATA_KEYS``)."""
-    meta: dict[str, Any] = {"source_format": "dicom", "series_kind": kind}
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts:
-        meta["transfer_syntax"] = UID(str(ts)).name
-    for key, kw in (
-        ("photometric", "PhotometricInterpretation"),
-        ("body_part", "BodyPartExamined"),
-        ("manufacturer_model", "ManufacturerModelName"),
-    ):
-        if ds.get(kw):
-            meta[key] = str(ds.get(kw))
-    if ds.get("BitsStored"):
-        meta["bits_stored"] = int(ds.BitsStored)
-    voi = frame_group(ds, 0, "FrameVOILUTSequence") or ds
-    for key, kw in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
-        value = voi.get(kw)
-        if value is not None and value != "":
-            first = value[0] if isinstance(value, (list, tuple, MultiValue)) else value
-            # An unusable display hint is simply not carried over.
-            with contextlib.suppress(TypeError, ValueError):
-                meta[key] = float(first)
-    return meta
-
-
-def _modality(ds: Dataset) -> str:
-    return str(ds.get("Modality") or "OT").strip().upper() or "OT"
-
-
-# ---------------------------------------------------------------------------------------
-# Reading: geometry of a group
-# ---------------------------------------------------------------------------------------
-
-
-def _float(ds: Dataset | None, kw: str) -> float | None:
-    if ds is None:
-        return None
-    value = ds.get(kw)
-    try:
-        v = float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-    return v if v is not None and np.isfinite(v) and v > 0 else None
-
-
-def _slice_plane(ds: Dataset, where: str, frame: int = 0) -> Plane:
-    """In-plane geometry of an image that has ImageOrientationPatient (top level or per frame)."""
-    orient = frame_group(ds, frame, "PlaneOrientationSequence")
-    if orient is not None and "ImageOrientationPatient" in orient:
-        iop = orient.ImageOrientationPatient
-    else:
-        iop = orientation_value(ds)
-    row, col = parse_orientation(iop, where)
-    measures = frame_group(ds, frame, "PixelMeasuresSequence")
-    src = measures if measures is not None and "PixelSpacing" in measures else ds
-    if "PixelSpacing" not in src:
-        raise InputError(
-            f"{where}: PixelSpacing is missing; expected it with ImageOrientationPatient (Image Plane module)"
-        )
-    ps = parse_spacing(src.PixelSpacing, where)
-    return Plane(row, col, ps[0], ps[1])
-
-
-def _thickness(ds: Dataset, frame: int = 0) -> float | None:
-    measures = frame_group(ds, frame, "PixelMeasuresSequence")
-    return _float(measures, "SliceThickness") or _float(ds, "SliceThickness")
-
-
-def _projection_plane(ds: Dataset, where: str) -> Plane:
-    """Default geometry of a 2D image without ImageOrientationPatient (see module docstring)."""
-    spacing = (1.0, 1.0)
-    for kw in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
-        if ds.get(kw):
-            spacing = parse_spacing(ds.get(kw), where, kw)
-            break
-    letters = orientation_from_letters(ds.get("PatientOrientation"))
-    row, col = letters if letters is not None else (DEFAULT_ROW_COS, DEFAULT_COL_COS)
-    return Plane(row, col, spacing[0], spacing[1])
-
-
-def _position(value: Any, where: str) -> np.ndarray:
-    try:
-        pos = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        pos = np.zeros(0)
-    if pos.shape != (3,) or not np.all(np.isfinite(pos)):
-        raise InputError(f"{where}: ImagePositionPatient is {value!r}; expected three finite numbers (mm)")
-    return pos
-
-
-def _scan_2d(ds: Dataset, pixels: np.ndarray, where: str, frame: int = 0) -> Scan:
-    """A single image: plane geometry from the header if it has one, else the default."""
-    plane_pos = frame_group(ds, frame, "PlanePositionSequence")
-    ipp = ds.get("ImagePositionPatient")
-    if plane_pos is not None and "ImagePositionPatient" in plane_pos:
-        ipp = plane_pos.ImagePositionPatient
-    if orientation_value(ds) is not None:
-        plane = _slice_plane(ds, where, frame)
-        origin = _position(ipp, where) if ipp is not None else np.zeros(3)
-        kind = "slice"
-    else:
-        plane, origin, kind = _projection_plane(ds, where), np.zeros(3), "projection"
-    affine = plane_affine(plane, _thickness(ds, frame) or 1.0, origin)
-    return Scan(pixels, affine, _modality(ds), _metadata(ds, kind))
-
-
-def _check_same_plane(planes: list[Plane], names: list[str], where: str) -> None:
-    ref = planes[0]
-    for plane, name in zip(planes[1:], names[1:], strict=True):
-        same_dir = np.allclose(np.r_[plane.row_cos, plane.col_cos], np.r_[ref.row_cos, ref.col_cos], atol=1e-3)
-        same_ps = np.allclose([plane.row_spacing, plane.col_spacing], [ref.row_spacing, ref.col_spacing], rtol=1e-3)
-        if not (same_dir and same_ps):
-            raise InputError(
-                f"{where}: {name} has orientation {np.r_[plane.row_cos, plane.col_cos].round(4).tolist()} and "
-                f"spacing {[plane.row_spacing, plane.col_spacing]}, the first slice "
-                f"{np.r_[ref.row_cos, ref.col_cos].round(4).tolist()} and {[ref.row_spacing, ref.col_spacing]}; "
-                "expected one geometry for all slices of a series"
-            )
-
-
-def _load_single_frames(group: SeriesGroup) -> Scan:
-    where = group.label
-    headers = group.headers
-    if len(headers) == 1:  # the label names the file already
-        ds = read_full(headers[0].path)
-        return _scan_2d(ds, _frames_in_units(ds, where)[0], where)
-    # Geometry first, from the headers: a broken series fails before any pixel is decoded.
-    planes = [_slice_plane(h.ds, f"{where}: {h.path.name}") for h in headers]
-    _check_same_plane(planes, [h.path.name for h in headers], where)
-    positions = np.stack([_position(h.ds.ImagePositionPatient, f"{where}: {h.path.name}") for h in headers])
-    order, spacing = sort_slices(positions, planes[0], where)
-    slices = []
-    for i in order:
-        ds = read_full(headers[i].path)
-        slices.append(_frames_in_units(ds, f"{where}: {headers[i].path.name}")[0])
-    shapes = {s.shape for s in slices}
-    if len(shapes) > 1:
-        raise InputError(f"{where}: slices decode to different shapes {sorted(shapes)}; expected one matrix size")
-    first = headers[order[0]].ds
-    affine = volume_affine(planes[0], spacing, positions[order[0]])
-    return Scan(np.stack(slices, axis=1), affine, _modality(first), _metadata(first, "volume"))
-
-
 def _frames_in_units(ds: Dataset, where: str) -> list[np.ndarray]:
     raw = _decode(ds, where)
     return [_to_modality_units(raw[f], ds, f, where) for f in range(raw.shape[0])]
 
 
-def _multi_frame_positions(ds: Dataset, n: int, where: str) -> tuple[np.ndarray, Plane] | None:
-    """Per-frame positions of a multi-frame file, or None if its frames have no positions."""
-    if "PerFrameFunctionalGroupsSequence" in ds:
-        items = [frame_group(ds, f, "PlanePositionSequence") for f in range(n)]
-        if any(it is None or "ImagePositionPatient" not in it for it in items):
-            return None
-        planes = [_slice_plane(ds, f"{where}: frame {f + 1}", f) for f in range(n)]
-        _check_same_plane(planes, [f"frame {f + 1}" for f in range(n)], where)
-        positions = [
-            _position(it.ImagePositionPatient, f"{where}: frame {f + 1}")
-            for f, it in enumerate(items)
-            if it is not None  # all are, checked above; this tells the type checker
-        ]
-        return np.stack(positions), planes[0]
-    detector = first_item(ds.get("DetectorInformationSequence"))  # NM puts the plane here
-    ipp = ds.get("ImagePositionPatient") or (detector.get("ImagePositionPatient") if detector is not None else None)
-    if orientation_value(ds) is None or ipp is None:
-        return None
-    plane = _slice_plane(ds, where)
-    origin = _position(ipp, where)
-    offsets: np.ndarray
-    if ds.get("GridFrameOffsetVector"):
-        offsets = np.asarray([float(v) for v in ds.GridFrameOffsetVector], dtype=np.float64)
-        if offsets.shape != (n,):
-            raise InputError(
-                f"{where}: GridFrameOffsetVector has {offsets.size} values for {n} frames; expected one per frame"
-            )
-        # Offsets are relative to the first frame whether or not the first value is 0.
-        offsets = offsets - offsets[0]
-    elif between := _float(ds, "SpacingBetweenSlices"):
-        offsets = np.arange(n) * between
-    else:
-        return None
-    return origin[None, :] + offsets[:, None] * plane.normal[None, :], plane
-
-
-def _load_multi_frame(group: SeriesGroup) -> Scan:
+def _pixels(group: SeriesGroup, layout: Layout) -> np.ndarray:
+    """The decoded pixels in modality units, ``(C, H, W)`` or ``(C, D, H, W)`` in layout order."""
     where = group.label
-    ds = read_full(group.headers[0].path)
-    frames = _frames_in_units(ds, where)
-    n = len(frames)
-    if n == 1:
-        return _scan_2d(ds, frames[0], where)
-    geometry = _multi_frame_positions(ds, n, where)
-    if geometry is None:
-        plane = _slice_plane(ds, where) if orientation_value(ds) is not None else _projection_plane(ds, where)
-        step = _float(ds, "SpacingBetweenSlices") or _thickness(ds) or 1.0
-        origin = ds.get("ImagePositionPatient")
-        affine = volume_affine(plane, step, _position(origin, where) if origin is not None else np.zeros(3))
-        return Scan(np.stack(frames, axis=1), affine, _modality(ds), _metadata(ds, "frame-stack"))
-    positions, plane = geometry
-    order, spacing = sort_slices(positions, plane, where)
-    affine = volume_affine(plane, spacing, positions[order[0]])
-    array = np.stack([frames[i] for i in order], axis=1)
-    return Scan(array, affine, _modality(ds), _metadata(ds, "multi-frame"))
+    if not group.multi_frame and len(group.headers) > 1:
+        slices = []
+        for i in layout.order:
+            path = group.headers[i].path
+            slices.append(_frames_in_units(read_full(path), f"{where}: {path.name}")[0])
+        shapes = {s.shape for s in slices}
+        if len(shapes) > 1:
+            raise InputError(f"{where}: slices decode to different shapes {sorted(shapes)}; expected one matrix size")
+        return np.stack(slices, axis=1)
+    frames = _frames_in_units(read_full(group.headers[0].path), where)
+    if len(layout.shape) == 2:
+        return frames[0]
+    if len(frames) != layout.shape[0]:
+        raise InputError(f"{where}: the pixel data holds {len(frames)} frames; NumberOfFrames says {layout.shape[0]}")
+    return np.stack([frames[i] for i in layout.order], axis=1)
 
 
-def _load_group(group: SeriesGroup) -> Scan:
+def _load_group(group: SeriesGroup, modality: str | None = None) -> Scan:
     try:
-        return _load_multi_frame(group) if group.multi_frame else _load_single_frames(group)
+        # Geometry first, from the headers: a broken series fails before any pixel is decoded.
+        layout = group_layout(group)
+        array = _pixels(group, layout)
+        meta = scan_metadata(layout.header, layout.kind)
+        return Scan(array, layout.affine, scan_modality(layout.header, modality), meta, layout.guessed)
     except MALFORMED as exc:  # chained, so that --debug still shows where it came from
-        raise InputError(f"{group.label}: unusable DICOM attribute value ({type(exc).__name__}: {exc})") from exc
+        raise _unusable(group, exc) from exc
+
+
+def _describe_group(group: SeriesGroup, modality: str | None = None) -> ScanInfo:
+    try:
+        return group_layout(group).info(modality)
+    except MALFORMED as exc:
+        raise _unusable(group, exc) from exc
+
+
+def _unusable(group: SeriesGroup, exc: Exception) -> InputError:
+    return InputError(f"{group.label}: unusable DICOM attribute value ({type(exc).__name__}: {exc})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,19 +183,36 @@ def read_dicom_series(path: str | Path) -> list[tuple[str, Scan | MedsynthError]
         >>> for label, item in read_dicom_series("/data/dicom"):  # doctest: +SKIP
         ...     print(label, item)
     """
+    return _per_group(path, _load_group)
+
+
+def describe_dicom_series(path: str | Path) -> list[tuple[str, ScanInfo | MedsynthError]]:
+    """``read_dicom_series`` from headers only: the same labels, facts and geometry errors.
+
+    No pixel data is read (headers are parsed with ``stop_before_pixels``), so this is fast
+    and small on any series; pixel data that would fail to decode is not noticed.
+    """
+    return _per_group(path, _describe_group)
+
+
+def _per_group(path: str | Path, one: Callable[[SeriesGroup], _T]) -> list[tuple[str, _T | MedsynthError]]:
     with quiet():
         groups, broken = discover(path)
-        results: list[tuple[str, Scan | MedsynthError]] = [(label, err) for label, err in broken]
+        results: list[tuple[str, _T | MedsynthError]] = [(label, err) for label, err in broken]
         for group in groups:
             try:
-                results.append((group.label, _load_group(group)))
+                results.append((group.label, one(group)))
             except MedsynthError as exc:
                 results.append((group.label, exc))
     return results
 
 
-def read_dicom(path: str | Path) -> Scan:
+def read_dicom(path: str | Path, modality: str | None = None) -> Scan:
     """The one series held by a DICOM file, folder or tree.
+
+    Args:
+        path: a DICOM file, folder or tree holding one series.
+        modality: used only when the files carry no Modality attribute; default ``"OT"``.
 
     Raises:
         InputError: if the path holds no series, more than one (the message lists them), an
@@ -385,10 +225,16 @@ def read_dicom(path: str | Path) -> Scan:
         ('CT', (40, 512, 512), (2.5, 0.7, 0.7))
     """
     with quiet():
-        return _read_one(path)
+        return _load_group(_one_group(path), modality)
 
 
-def _read_one(path: str | Path) -> Scan:
+def describe_dicom(path: str | Path, modality: str | None = None) -> ScanInfo:
+    """``read_dicom`` from headers only (see ``describe_dicom_series``)."""
+    with quiet():
+        return _describe_group(_one_group(path), modality)
+
+
+def _one_group(path: str | Path) -> SeriesGroup:
     groups, broken = discover(path)
     if broken:
         _, first_err = broken[0]
@@ -400,4 +246,4 @@ def _read_one(path: str | Path) -> Scan:
             f"{path}: holds {len(groups)} series, expected exactly one: {listing}. "
             "Pass one series folder, or use read_dicom_series to read them all"
         )
-    return _load_group(groups[0])
+    return groups[0]

@@ -14,7 +14,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import format_number_as_ds
 
 from medsynth.errors import InputError
-from medsynth.io.dicom.geometry import Plane, decompose_affine
+from medsynth.io.dicom.geometry import GEOMETRY_ASSUMED_NOTE, Plane, decompose_affine
 from medsynth.io.scan import Scan
 
 _CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
@@ -267,7 +267,9 @@ def write_dicom(
     SyntheticData YES, ImageType DERIVED\\SECONDARY, a Contributing Equipment item
     "Synthesizing Equipment" (medsynth and its version), PatientIdentityRemoved YES, the full
     plane geometry (also in Secondary Captures, as standard extended attributes), and UIDs
-    derived from ``case_id``, so rewriting a case gives the same UIDs and bytes.
+    derived from ``case_id``, so rewriting a case gives the same UIDs and bytes. A scan
+    whose geometry was guessed (``scan.geometry_guessed``) gets ImageComments
+    ``"geometry assumed by medsynth, not measured: <reason>"``.
 
     Args:
         scan: the image; grayscale (1 channel) or RGB (3 channels, values 0..255).
@@ -347,6 +349,10 @@ def write_dicom(
             if scan.spatial_dims == 3:
                 ds.SpacingBetweenSlices = _ds(geometry.thickness)
             ds.SliceLocation = _ds(float(pos @ normal))
+            if scan.geometry_guessed:
+                # The attributes above state a geometry; say that the source did not (General
+                # Image module, type 3, in every IOD written here).
+                ds.ImageComments = f"{GEOMETRY_ASSUMED_NOTE}: {scan.geometry_guessed}"
             _add_image(ds, iod=iod, scan=scan, frame=frame, enc=enc, window=window, synthetic=synthetic)
             ds.save_as(tmp / names[i], enforce_file_format=True)
     return [out / name for name in names]
