@@ -1,7 +1,7 @@
 """The ``medsynth`` command line: thin; it parses, calls the library, maps errors to exit codes.
 
-Exit status: 0 success, 2 bad input (``MedsynthError``), 3 privacy gate failed
-(``PrivacyError``), 1 an internal error (a bug: please report it with ``--debug`` output).
+Exit status: 0 success, 2 bad input (``MedsynthError``), 3 privacy gate failed (``PrivacyError``), 4 a fault of the
+machine (``MachineError``), 130 interrupted, 1 an internal error (a bug: please report it with ``--debug`` output).
 Errors print as one line, ``medsynth: error: ...`` (usage errors name the command and the value
 given: ``medsynth generate: error: Invalid value for '--threads': ... (got '0'); see ...``);
 ``--debug`` shows the traceback.
@@ -16,7 +16,7 @@ import click
 import typer
 
 from medsynth import __version__
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, os_fault
 from medsynth.io.formats import FORMATS, choices_text
 
 _typer_click: ModuleType
@@ -485,12 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not the user's fault: still one line unless --debug
         if debug:
             raise
-        print(
-            f"medsynth: error: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback and please report it)",
-            file=sys.stderr,
-        )
-        return 1
+        fault = os_fault(exc)  # a full disk, a read-only folder (exit 4), a bad path (2): not bugs
+        internal = f"internal error: {type(exc).__name__}: {exc} "
+        internal += "(rerun with --debug for the traceback and please report it)"
+        print(f"medsynth: error: {fault or internal}", file=sys.stderr)
+        return fault.exit_code if fault else 1
     return result if isinstance(result, int) else 0
 
 

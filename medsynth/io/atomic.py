@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from medsynth.errors import machine_error
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -38,14 +40,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Works for a file or a folder (a DICOM series): whatever the caller creates at the
     yielded path is moved into place in one rename. On error the temporary is removed.
 
+    Raises:
+        MachineError: the write failed for a reason of the machine (disk full, permission
+            denied, read-only or vanished folder, I/O error), even where a library wrapped the
+            OSError (pydicom, PIL, safetensors); the message names ``path``, on one line.
+
     Example:
         >>> with atomic_path(out / "case.nii.gz") as tmp:  # doctest: +SKIP
         ...     nib.save(img, tmp)
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(final)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if tmp.is_dir():
             for child in tmp.rglob("*"):
@@ -57,9 +64,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             fsync_path(tmp)
         os.replace(tmp, final)
         fsync_path(final.parent)
+    except Exception as exc:
+        # An OSError from f.write names no file, and a library's wrapper may carry a whole
+        # traceback as its text: name the destination and the cause instead.
+        fault = machine_error(exc, final, output=True)
+        if fault is None:
+            raise
+        raise fault from exc
     finally:
+        _discard(tmp)
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a leftover temporary, best effort: on a failing disk the removal may fail too, and
+    must not hide the first error; the next run's ``remove_stale_temporaries`` sweeps it."""
+    try:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

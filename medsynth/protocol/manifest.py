@@ -22,6 +22,7 @@ needs only ``pathology``, ``modality`` and ``files``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medsynth.errors import InputError
+from medsynth.errors import os_error_line
 from medsynth.io.atomic import fsync_path
 from medsynth.io.formats import PREFERENCE, preferred_format
 
@@ -332,17 +333,29 @@ class JsonlAppender:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._fd = -1
         existed = self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if not existed:
-            fsync_path(self.path.parent)  # the new directory entry must survive a crash too
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if not existed:
+                fsync_path(self.path.parent)  # the new directory entry must survive a crash too
+        except OSError as exc:
+            raise os_error_line(exc, self.path, output=True) from exc
 
     def append(self, record: ManifestRecord | RejectedRecord) -> None:
+        """Write one line and fsync it; a torn line left by a failure is repaired on resume.
+
+        Raises:
+            MachineError: the disk is full, the folder read-only or gone, an I/O error.
+        """
         data = (record.to_json() + "\n").encode("utf-8")
-        written = os.write(self._fd, data)
-        if written != len(data):  # a short write to a regular file means the disk is full
-            raise InputError(f"{self.path}: could not append a whole line (disk full?)")
-        os.fsync(self._fd)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a short write to a regular file means the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            os.fsync(self._fd)
+        except OSError as exc:  # os.write names no file: name the manifest
+            raise os_error_line(exc, self.path, output=True) from exc
 
     def close(self) -> None:
         if self._fd >= 0:

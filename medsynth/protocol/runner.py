@@ -31,7 +31,7 @@ from typing import Any
 
 from medsynth.digest import hash_output
 from medsynth.distributed import DistContext, barrier, init_distributed, shutdown
-from medsynth.errors import InputError, MedsynthError, PrivacyError
+from medsynth.errors import InputError, MedsynthError, PrivacyError, os_error_line
 from medsynth.io.formats import get_format
 from medsynth.io.scan import Scan
 from medsynth.protocol.gate import Gate
@@ -302,6 +302,8 @@ def generate(
         ProtocolError: the protocol does not validate (nothing is written).
         InputError: the output folder belongs to another run (without ``force``), or a source scan
             cannot be read.
+        MachineError: disk full, permission denied, a read-only or vanished output folder, an
+            I/O error (nothing finished is lost: the same call again resumes).
         PrivacyError: the privacy gate failed the run (``on_flag: fail``, a flagged rate
             significantly above 1 - quantile, or a case flagged on every attempt). The outputs and
             the report are still written, except ``dataset.json``.
@@ -313,11 +315,8 @@ def generate(
     plan = validate_protocol(protocol, out=out)
     try:
         result = _execute(plan, device, force, progress or Progress())
-    except OSError as exc:  # disk full, permissions, a vanished mount: the user's to fix
-        where = exc.filename or plan.output_dir
-        raise InputError(
-            f"{where}: {exc.strerror or exc}; free space or fix permissions, then run the same command again to resume"
-        ) from None
+    except OSError as exc:  # a write site that did not name its file: the machine's fault, one line
+        raise os_error_line(exc, plan.output_dir, output=True) from None
     if not result.passed:
         files = result.summary["files"]
         reports = [str(plan.output_dir / files[k]) for k in ("privacy_report", "lesion_privacy_report") if k in files]

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from medsynth import __version__
 from medsynth.distributed import DistContext
-from medsynth.errors import InputError
+from medsynth.errors import InputError, os_error_line
 from medsynth.io.atomic import TMP_PREFIX, atomic_write_text, fsync_path, remove_stale_temporaries, write_json
 from medsynth.io.formats import FORMATS
 from medsynth.protocol.insertion import EXTRA_FOLDERS
@@ -169,7 +169,9 @@ class OutputFolder:
             return None
         try:
             data = json.loads(path.read_text("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except OSError as exc:  # an I/O error or permissions, not a broken file: --force would not help
+            raise os_error_line(exc, path) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: not readable JSON ({exc}); start over with --force") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a JSON object; start over with --force")

@@ -33,7 +33,9 @@ def test_low_recall_on_one_edit_and_a_thin_pooled_threshold_are_named():
     assert len(weak) == 2
     assert "shift 0.50" in weak[0] and "0.95" in weak[0]
     assert "a/CT, b/MR" in weak[1] and "40 holdout scans" in weak[1]
-    assert _strength([], recall=float("nan")).weaknesses([]) == ["it has no self-test result (it was built without one)"]
+    assert _strength([], recall=float("nan")).weaknesses([]) == [
+        "it has no self-test result (it was built without one)"
+    ]
 
 
 def test_a_group_with_a_threshold_of_its_own_under_50_is_named():
