@@ -28,6 +28,7 @@ from medsynth.io.files import check_readable, walk_files
 from medsynth.io.formats import (
     FOLDER_FORMAT,
     SNIFF_BYTES,
+    Format,
     format_by_magic,
     format_by_name,
     format_by_probe,
@@ -100,15 +101,7 @@ def read_scan(path: str | os.PathLike[str], modality: str | None = None) -> Scan
     Raises:
         InputError: the path cannot be read as one scan; the message says why.
     """
-    path = Path(path)
-    fmt = get_format(detect_format(path))
-    try:
-        return fmt.read(path, modality)
-    except InputError as exc:
-        folder_error = _folder_of_files_error(path)
-        if folder_error is None:
-            raise
-        raise folder_error from exc
+    return _one_scan(Path(path), lambda fmt, p: fmt.read(p, modality))
 
 
 def _folder_of_files_error(path: Path) -> InputError | None:
@@ -135,10 +128,14 @@ def describe_path(path: str | os.PathLike[str], modality: str | None = None) -> 
     Raises:
         InputError: as ``read_scan``, for everything a header shows.
     """
-    path = Path(path)
+    return _one_scan(Path(path), lambda fmt, p: fmt.describe(p, modality))
+
+
+def _one_scan(path: Path, op: Callable[[Format, Path], _T]) -> _T:
+    """``op(format, path)`` for the path's format; a folder of one-file scans gets the error that says so."""
     fmt = get_format(detect_format(path))
     try:
-        return fmt.describe(path, modality)
+        return op(fmt, path)
     except InputError as exc:
         folder_error = _folder_of_files_error(path)
         if folder_error is None:
