@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -24,3 +26,9 @@ def dciodvfy_errors():
         return [ln for ln in lines if ln.startswith("Error") and "(0008,001c)" not in ln.lower()]
 
     return errors
+
+
+# The generation time recorded in generated DICOM (Study Date/Time) and in a run's
+# .medsynth-run.json: pinned, so that tests comparing two separate runs byte for byte (resume,
+# torchrun, machine faults) compare like with like. Tests of the time itself unset it.
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1795000000")  # 2026-11-18 UTC

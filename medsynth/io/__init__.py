@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ from medsynth.io.formats import (
 from medsynth.io.modality import check_modality
 from medsynth.io.nifti import read_nifti, write_nifti
 from medsynth.io.png import read_png, write_png
+from medsynth.io.provenance import Provenance
 from medsynth.io.scan import Scan, ScanInfo
 
 _T = TypeVar("_T", Scan, ScanInfo)
@@ -228,8 +230,16 @@ def write_scan(
     case_id: str | None = None,
     synthetic: bool = True,
     uid_namespace: str = "",
+    seed: int | None = None,
+    model: str | None = None,
+    pathology: str | None = None,
+    body_part: str | None = None,
+    created: datetime | None = None,
 ) -> Path:
     """Write ``scan`` in format ``fmt``; return what was written.
+
+    Every format says whether the file is synthetic (``medsynth.io.provenance``): DICOM in its
+    attributes (``medsynth.io.dicom.write_dicom``), NIfTI in ``descrip``, PNG in text chunks.
 
     Args:
         scan: the scan.
@@ -237,11 +247,18 @@ def write_scan(
             for ``"png"`` a file (``.png`` added likewise; 2D only); for ``"dicom"`` a folder
             that receives one file per slice.
         fmt: one of ``FORMATS``.
-        case_id: DICOM only: the identifier written as the synthetic patient/case
-            (default: the folder's name). Never pass a real patient identifier.
-        synthetic: DICOM only: mark the files synthetic (generated output, the default) or
-            as a converted real scan (``convert``); see ``medsynth.io.dicom.write_dicom``.
-        uid_namespace: DICOM only: mixed into the UIDs (the runner passes the protocol hash).
+        case_id: the case, named in every format and part of the DICOM patient identity
+            (DICOM default: the folder's name). Never pass a real patient identifier.
+        synthetic: mark the files synthetic (generated output, the default) or as a converted
+            real scan (``convert``).
+        uid_namespace: DICOM only: mixed into the patient/study/series ids (the runner passes
+            the protocol hash).
+        seed: DICOM only: the case's seed, mixed into the ids.
+        model: the model's id, named in every format.
+        pathology: DICOM only: the pathology label, named in the Study/Series Description.
+        body_part: DICOM only: BodyPartExamined (the model's ``body_part``).
+        created: DICOM only: the generation time (Study Date/Time); default now, or
+            ``SOURCE_DATE_EPOCH``.
 
     Raises:
         InputError: unknown format, a suffix that contradicts the format, a 3D scan as PNG,
@@ -251,7 +268,8 @@ def write_scan(
     path = entry.destination(Path(path))
     if not entry.is_folder and path.is_dir():
         raise InputError(f"{path}: is a folder; {fmt} output needs a file name")
-    return entry.write(scan, path, case_id=case_id, synthetic=synthetic, uid_namespace=uid_namespace)
+    provenance = Provenance(case_id, synthetic, uid_namespace, seed, model, pathology, body_part, created)
+    return entry.write(scan, path, provenance)
 
 
 def convert(

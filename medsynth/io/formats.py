@@ -38,6 +38,7 @@ from medsynth.io.nifti import (
     write_nifti,
 )
 from medsynth.io.png import IMAGE_SUFFIXES, PNG_SUFFIXES, describe_image, peek_image_shape, read_png, write_png
+from medsynth.io.provenance import Provenance
 
 if TYPE_CHECKING:
     from medsynth.io.scan import Scan, ScanInfo
@@ -59,9 +60,9 @@ class Describer(Protocol):
 
 
 class Writer(Protocol):
-    """``write(scan, path, case_id=, synthetic=, uid_namespace=)``: the options are DICOM's."""
+    """``write(scan, path, provenance)``: what the file says it is (``medsynth.io.provenance``)."""
 
-    def __call__(self, scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path: ...
+    def __call__(self, scan: Scan, path: Path, provenance: Provenance) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ class Format:
         read: ``read(path, modality)``; ``modality`` is the code for formats that store none.
         describe: ``describe(path, modality)``: ``read(path, modality).info`` from headers
             alone, without decoding pixel data (``medsynth inspect``).
-        write: ``write(scan, path, case_id=, synthetic=, uid_namespace=)``, the path as given
-            by ``destination``; returns what was written.
+        write: ``write(scan, path, provenance)``, the path as given by ``destination``; each
+            format records the provenance its own way; returns what was written.
         peek_spatial_dims: 2 or 3 from headers only, without reading pixel data.
         peek_shape: the spatial shape from headers only; None when the headers cannot tell.
         sniff: True when a file's first ``SNIFF_BYTES`` bytes carry the format's magic.
@@ -147,8 +148,8 @@ def _describe_nifti(path: Path, modality: str | None) -> ScanInfo:
     return describe_nifti(path, modality=modality)
 
 
-def _write_nifti(scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path:
-    return write_nifti(scan, path)  # the other options are DICOM's
+def _write_nifti(scan: Scan, path: Path, provenance: Provenance) -> Path:
+    return write_nifti(scan, path, description=provenance.nifti_descrip())
 
 
 def _sniff_nifti(head: bytes) -> bool:
@@ -168,12 +169,24 @@ def _describe_dicom(path: Path, modality: str | None) -> ScanInfo:
     return describe_dicom(path, modality)
 
 
-def _write_dicom(scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path:
+def _write_dicom(scan: Scan, path: Path, provenance: Provenance) -> Path:
     # write_dicom itself refuses a destination that is a file or a folder holding anything
     # but an earlier series, because it replaces the whole folder.
     from medsynth.io.dicom import write_dicom
 
-    write_dicom(scan, path, case_id=case_id or path.name, synthetic=synthetic, uid_namespace=uid_namespace)
+    p = provenance
+    write_dicom(
+        scan,
+        path,
+        case_id=p.case_id or path.name,
+        synthetic=p.synthetic,
+        uid_namespace=p.namespace,
+        seed=p.seed,
+        model=p.model,
+        pathology=p.pathology,
+        body_part=p.body_part,
+        created=p.created,
+    )
     return path
 
 
@@ -219,8 +232,8 @@ def _describe_image(path: Path, modality: str | None) -> ScanInfo:
     return describe_image(path, modality=modality or "OT")
 
 
-def _write_png(scan: Scan, path: Path, *, case_id: str | None, synthetic: bool, uid_namespace: str) -> Path:
-    return write_png(scan, path)  # the other options are DICOM's
+def _write_png(scan: Scan, path: Path, provenance: Provenance) -> Path:
+    return write_png(scan, path, text=provenance.png_text())
 
 
 def _peek_image(path: Path) -> int:

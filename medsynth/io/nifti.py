@@ -221,7 +221,7 @@ def _short(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
+def write_nifti(scan: Scan, path: str | os.PathLike[str], *, description: str | None = None) -> Path:
     """Write a one-channel scan as NIfTI-1 with qform = sform = ``scan.affine`` (codes 1).
 
     A 2D scan is written as ``(X, Y, 1)`` so the slice plane and thickness survive. CT whose
@@ -231,6 +231,9 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
     Args:
         scan: the scan; ``array.shape[0]`` must be 1.
         path: destination ending in ``.nii`` or ``.nii.gz``.
+        description: the header's ``descrip`` (ASCII, at most 80 bytes); ``write_scan`` passes
+            ``Provenance.nifti_descrip()``: ``synthetic medsynth case=<id> model=<id>`` for
+            generated output, ``not synthetic: ...`` for a converted scan. None: left empty.
 
     Returns:
         The path written.
@@ -245,10 +248,12 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str]) -> Path:
         )
     data = scan.array[0]
     data = data.astype(np.int16) if scan.modality == "CT" and _fits_int16(data) else data.astype(np.float32)
-    return write_nifti_array(data, scan.affine, path)
+    return write_nifti_array(data, scan.affine, path, description=description)
 
 
-def write_nifti_array(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+def write_nifti_array(
+    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], *, description: str | None = None
+) -> Path:
     """Write a spatial array (2D or 3D, stored as its own dtype) on a ``Scan`` affine; atomic.
 
     The one place that lays out medsynth's NIfTI files: ``write_nifti`` (scans) and
@@ -261,12 +266,15 @@ def write_nifti_array(data: np.ndarray, affine: np.ndarray, path: str | os.PathL
         data: ``(X, Y)`` or ``(X, Y, Z)``.
         affine: the 4x4 index -> RAS+ matrix of a ``Scan`` with that spatial shape.
         path: destination ending in ``.nii`` or ``.nii.gz``.
+        description: the header's ``descrip`` (ASCII, at most 80 bytes), see ``write_nifti``.
     """
     import nibabel as nib
 
     path = Path(path)
     if not is_nifti_path(path):
         raise InputError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    if description is not None and (not description.isascii() or len(description) > 80):
+        raise InputError(f"{path}: NIfTI description {description!r}: expected at most 80 ASCII characters")
     if data.ndim == 2:
         data = data[:, :, None]
     img = nib.Nifti1Image(data, affine)
@@ -274,6 +282,8 @@ def write_nifti_array(data: np.ndarray, affine: np.ndarray, path: str | os.PathL
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
     img.header.set_slope_inter(1.0, 0.0)
+    if description is not None:
+        img.header["descrip"] = description.encode("ascii")
     with atomic_path(path) as tmp:
         # nibabel picks gzip from the name, so the temporary keeps the final suffix.
         nib.save(img, tmp)

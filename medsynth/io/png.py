@@ -318,6 +318,7 @@ def write_png(
     path: str | os.PathLike[str],
     bits: int = 8,
     window: tuple[float, float] | None = None,
+    text: dict[str, str] | None = None,
 ) -> Path:
     """Write a 2D scan as a PNG preview (atomic).
 
@@ -331,6 +332,9 @@ def write_png(
         path: destination ending in ``.png``.
         bits: 8 or 16.
         window: ``(center, width)`` in the scan's units, e.g. ``(-600, 1500)`` for CT lung.
+        text: PNG text chunks (keyword -> value; tEXt, or iTXt for values beyond Latin-1);
+            ``write_scan`` passes ``Provenance.png_text()``: ``Synthetic`` YES or NO, a
+            ``Description``, ``Software``, ``Model`` and ``Case``.
 
     Returns:
         The path written.
@@ -364,6 +368,15 @@ def write_png(
     top = 255 if bits == 8 else 65535
     pixels = np.round(unit * top).astype(np.uint8 if bits == 8 else np.uint16)
     image = pixels[0] if channels == 1 else np.moveaxis(pixels, 0, -1)
+    info = None
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            if not (1 <= len(key) <= 79 and key.isascii() and key.isprintable()) or key != key.strip():
+                raise InputError(f"{path}: PNG text keyword {key!r}: expected 1-79 printable ASCII characters")
+            info.add_text(key, value)  # Pillow writes iTXt when the value is not Latin-1
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
     return path

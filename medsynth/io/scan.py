@@ -53,6 +53,7 @@ SAFE_METADATA_KEYS = frozenset(
         "transfer_syntax",
         "manufacturer_model",
         "sampler",
+        "fov_extrapolated",  # sampled outside the model's trained fields of view (sampling.grid)
     }
 )
 

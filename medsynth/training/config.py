@@ -260,6 +260,9 @@ class TrainConfig(_Section):
     # Written into the model's config.json: the guidance sampling uses when a caller names none.
     # It does not change the weights, so it is not part of the stages' fingerprints.
     default_guidance_scale: float = Field(default=DEFAULT_GUIDANCE, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])
+    # Written into config.json: DICOM BodyPartExamined of generated scans (CHEST for the phantoms);
+    # None: not known, left out. Not part of the fingerprints (the weights do not depend on it).
+    body_part: Annotated[str, Field(pattern=r"^[A-Z0-9 _]{1,16}$")] | None = None
     weights_dtype: Literal["float32", "float16"] = "float32"
     build_privacy_index: bool = True
     lesion: LesionConfig = Field(default_factory=LesionConfig)
@@ -339,6 +342,7 @@ class TrainConfig(_Section):
                 "name",
                 "weights_dtype",
                 "default_guidance_scale",
+                "body_part",
             },
         )
         if d["data"].get("phantoms"):

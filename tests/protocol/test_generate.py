@@ -188,12 +188,12 @@ def test_3d_run_writes_dicom_series_and_nifti(model_dirs, make_protocol, write_p
     import pydicom
 
     ds = pydicom.dcmread(series / "00001.dcm")
-    assert ds.PatientID == f"SYN-{line['case_id']}" and ds.SyntheticData == "YES"
+    assert ds.PatientID.startswith(f"SYN-{line['case_id']}-") and ds.SyntheticData == "YES"
     # Another study (here: the same settings, another seed) never reuses the UIDs of this one.
     doc["seed"] += 1
     generate(write_protocol(doc, "other.yaml"), out=tmp_path / "other")
     other = pydicom.dcmread(tmp_path / "other" / line["files"]["dicom"] / "00001.dcm")
-    assert other.PatientID == ds.PatientID
+    assert other.PatientID != ds.PatientID  # issue 15: another study is another synthetic patient
     assert other.StudyInstanceUID != ds.StudyInstanceUID and other.SOPInstanceUID != ds.SOPInstanceUID
 
 

@@ -22,7 +22,8 @@ from pydicom.dataset import Dataset
 from medsynth.errors import InputError, file_error
 from medsynth.io.atomic import atomic_path
 from medsynth.io.dicom.headers import is_dicom_file, quiet
-from medsynth.io.dicom.write import MANUFACTURER, MODEL_NAME, _uid
+from medsynth.io.dicom.identity import uid as _uid
+from medsynth.io.dicom.write import MANUFACTURER, MODEL_NAME
 from medsynth.io.files import walk_files
 from medsynth.io.grids import map_to_grid
 from medsynth.io.scan import Scan, lps_to_ras

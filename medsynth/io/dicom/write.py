@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pydicom.valuerep import format_number_as_ds
+from pydicom.valuerep import DA, TM, format_number_as_ds
 
 from medsynth.errors import InputError
 from medsynth.io.dicom.geometry import GEOMETRY_ASSUMED_NOTE, Plane, decompose_affine
+from medsynth.io.dicom.identity import SeriesIdentity, description, series_identity
+from medsynth.io.dicom.identity import uid as _uid
+from medsynth.io.provenance import generation_time
 from medsynth.io.scan import Scan
 
 _CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
@@ -32,7 +35,13 @@ CONVERTED_DEIDENTIFICATION_METHOD = "converted by medsynth; no identifying attri
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,55}$")
 _CS = re.compile(r"^[A-Z0-9 _]{1,16}$")
 _SOP_CLASS_CHOICES = ("auto", "sc")
-_UID_NAMESPACE = uuid.UUID("6f1c0a8e-2b1d-5c4e-9a57-6d6564737974")  # fixed: medsynth's UIDs
+# CT display presets (W/L in HU) with their WindowCenterWidthExplanation, the first one a
+# viewer opens with: mediastinum (soft tissue of the chest: effusions, masses), then lung
+# (nodules in aerated lung). A window computed from the data (e.g. -255/1490) shows neither well.
+CT_WINDOWS: tuple[tuple[str, float, float], ...] = (("MEDIASTINUM", 40.0, 350.0), ("LUNG", -600.0, 1500.0))
+# MR is stored in its own units: stored value = round(value), no Rescale Slope/Intercept (the MR
+# Image IOD has no Modality LUT module), so a viewer shows the values and windows as written.
+MR_PRECISION = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,27 +82,58 @@ def _encode_mono(values: np.ndarray, modality: str) -> _Encoding:
     return _Encoding(stored.astype(np.int16 if signed else np.uint16), slope, "0", signed)
 
 
-def _window(scan: Scan, values: np.ndarray) -> tuple[str, str]:
+def _encode_mr(values: np.ndarray, case_id: str) -> _Encoding:
+    """MR in its own units: whole numbers (at most ``MR_PRECISION`` off), uint16, or int16 if negative."""
+    stored = np.round(values)
+    lo, hi = float(stored.min()), float(stored.max())
+    if lo >= 0 and hi <= 65535:
+        return _Encoding(stored.astype(np.uint16), "1", "0", False)
+    if lo >= -32768 and hi <= 32767:
+        return _Encoding(stored.astype(np.int16), "1", "0", True)
+    raise InputError(
+        f"MR scan for case {case_id} has values {lo:g}..{hi:g}: MR Image Storage keeps whole numbers in the "
+        "scan's own units within 16 bits (no Rescale Slope): rescale the intensities, or write "
+        "sop_class='sc' or NIfTI"
+    )
+
+
+def _window(scan: Scan, values: np.ndarray) -> tuple[list[str], list[str], list[str] | None]:
+    """WindowCenter, WindowWidth and WindowCenterWidthExplanation (None: no explanation).
+
+    CT: the presets ``CT_WINDOWS``. Others: the scan's ``window_*`` metadata, else the
+    0.5-99.5 percentiles of its values (one window for the whole series), in the units a
+    viewer windows: for MR the stored values themselves.
+    """
+    if scan.modality == "CT":
+        return [_ds(c) for _, c, _ in CT_WINDOWS], [_ds(w) for _, _, w in CT_WINDOWS], [n for n, _, _ in CT_WINDOWS]
     center, width = scan.metadata.get("window_center"), scan.metadata.get("window_width")
     if center is None or width is None or float(width) <= 0:
         # A strided sample of at most ~1M voxels: the window is a display hint, and exact
         # percentiles of a 300x512x512 volume cost seconds.
         lo, hi = np.percentile(values.ravel()[:: max(1, values.size // 1_000_000)], [0.5, 99.5])
         center, width = (lo + hi) / 2, max(hi - lo, 1.0)
-    return _ds(center), _ds(width)
+    return [_ds(center)], [_ds(width)], None
 
 
-def _check_write_args(scan: Scan, case_id: str, series_description: str, sop_class: str) -> str:
+def _check_lo(name: str, value: str) -> None:
+    if len(value) > 64 or any(c in value for c in "\\\r\n\t\x0c\x1b"):
+        raise InputError(
+            f"{name} {value!r}: expected at most 64 characters without backslash or control characters (DICOM LO)"
+        )
+
+
+def _check_write_args(scan: Scan, case_id: str, series_description: str, sop_class: str, body_part: str | None) -> str:
     """Validate arguments and return the IOD to write: "CT", "MR" or "SC"."""
     if not isinstance(case_id, str) or not _CASE_ID.match(case_id):
         raise InputError(
             f"case_id {case_id!r}: expected 1-56 characters of letters, digits, '.', '_' or '-' "
-            "(it becomes PatientID 'SYN-<case_id>'), starting with a letter or digit"
+            "(it becomes part of PatientID 'SYN-<case_id>-<digest>'), starting with a letter or digit"
         )
-    if len(series_description) > 64 or any(c in series_description for c in "\\\r\n\t\x0c\x1b"):
+    _check_lo("series_description", series_description)
+    if body_part is not None and not _CS.match(body_part):
         raise InputError(
-            f"series_description {series_description!r}: expected at most 64 characters "
-            "without backslash or control characters (DICOM LO)"
+            f"body_part {body_part!r}: expected a DICOM Body Part Examined code (CS: 1-16 capitals, "
+            "digits, space or '_', such as CHEST)"
         )
     if sop_class not in _SOP_CLASS_CHOICES:
         raise InputError(f"sop_class {sop_class!r}: expected one of {', '.join(_SOP_CLASS_CHOICES)}")
@@ -116,69 +156,60 @@ def _check_write_args(scan: Scan, case_id: str, series_description: str, sop_cla
     return scan.modality
 
 
-def _uid(*parts: str) -> str:
-    """A '2.25.<UUID>' UID (ISO/IEC 9834-8) from a name-based UUID of ``parts``: same parts, same UID.
+@dataclass(frozen=True)
+class _Study:
+    """What every file of the series says about its study besides the UIDs."""
 
-    pydicom's ``generate_uid(prefix=None)`` ignores ``entropy_srcs`` and draws a random
-    UUID, and a prefix would need an organisation root; a UUID5 gives both properties.
-    """
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(parts)).int}"
-
-
-def _uids(case_id: str, series_description: str, iod: str, namespace: str) -> tuple[str, str, str]:
-    """Study, series and frame-of-reference UIDs, deterministic from the namespace and case identity."""
-    study = _uid("study", namespace, case_id)
-    series = _uid("series", namespace, case_id, series_description, iod)
-    frame_of_reference = _uid("frame-of-reference", namespace, case_id)
-    return study, series, frame_of_reference
+    identity: SeriesIdentity
+    study_description: str
+    series_description: str
+    created: datetime  # UTC: the generation (or conversion) time
 
 
-def _base_dataset(
-    *,
-    iod: str,
-    modality: str,
-    case_id: str,
-    series_description: str,
-    uids: tuple[str, str, str],
-    index: int,
-    synthetic: bool,
-) -> Dataset:
+def _base_dataset(*, iod: str, modality: str, study: _Study, index: int, synthetic: bool) -> Dataset:
     """Patient/study/series/equipment/SOP common modules via highdicom, plus the synthetic marks."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     from medsynth import __version__
 
-    study_uid, series_uid, _ = uids
+    ident = study.identity
     sop_class_uid = {"CT": _CT_IMAGE, "MR": _MR_IMAGE, "SC": _SC_IMAGE}[iod]
     software = f"medsynth {__version__}"
+    texts = (study.series_description, study.study_description)
+    date, time = study.created.strftime("%Y%m%d"), study.created.strftime("%H%M%S")
     ds = hd.SOPClass(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
+        study_instance_uid=ident.study_uid,
+        series_instance_uid=ident.series_uid,
         series_number=1,
-        sop_instance_uid=_uid("instance", series_uid, str(index)),
+        sop_instance_uid=_uid("instance", ident.series_uid, str(index)),
         sop_class_uid=sop_class_uid,
         instance_number=index + 1,
         modality=modality,
         manufacturer=MANUFACTURER,
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
-        patient_id=f"SYN-{case_id}" if synthetic else f"ANON-{case_id}",
-        patient_name=f"SYNTHETIC^{case_id}" if synthetic else f"ANONYMOUS^{case_id}",
-        series_description=series_description,
+        patient_id=ident.patient_id,
+        patient_name=ident.patient_name,
+        study_id=ident.study_id,
+        study_date=date,
+        study_time=time,
+        series_description=study.series_description,
         manufacturer_model_name=MODEL_NAME,
         software_versions=software,
-        specific_character_set="ISO_IR 192" if not series_description.isascii() else None,
+        specific_character_set="ISO_IR 192" if not all(t.isascii() for t in texts) else None,
     )
-    # highdicom stamps creation/content date-time with "now"; drop them (all optional here)
-    # so that regenerating a case writes byte-identical files.
-    for kw in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
-        if kw in ds:
-            delattr(ds, kw)
+    ds.StudyDescription = study.study_description
+    # highdicom stamps creation/content date-time with "now": every date is the generation time
+    # instead (for a protocol run its start, recorded once), so a rewrite gives the same bytes.
+    ds.SeriesDate, ds.SeriesTime = DA(date), TM(time)
+    ds.ContentDate, ds.ContentTime = DA(date), TM(time)
+    ds.InstanceCreationDate, ds.InstanceCreationTime = DA(date), TM(time)
+    ds.TimezoneOffsetFromUTC = "+0000"  # the times are UTC
     ds.SyntheticData = "YES" if synthetic else "NO"
     ds.BurnedInAnnotation = "NO"
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = DEIDENTIFICATION_METHOD if synthetic else CONVERTED_DEIDENTIFICATION_METHOD
-    purpose, description = (
+    purpose, contribution = (
         (codes.DCM.SynthesizingEquipment, "image synthesized by a generative model; no patient was imaged")
         if synthetic
         else (codes.DCM.ProcessingEquipment, "converted from another file format; identifiers not carried over")
@@ -189,7 +220,7 @@ def _base_dataset(
             purpose,
             manufacturer_model_name=MODEL_NAME,
             software_versions=software,
-            contribution_description=description,
+            contribution_description=contribution,
         )
     ]
     return ds
@@ -202,7 +233,7 @@ def _add_image(
     scan: Scan,
     frame: np.ndarray,
     enc: _Encoding | None,
-    window: tuple[str, str] | None,
+    window: tuple[list[str], list[str], list[str] | None] | None,
     synthetic: bool,
 ) -> None:
     """Image pixel, image type and the IOD-specific module attributes."""
@@ -221,11 +252,16 @@ def _add_image(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 1 if enc.signed else 0
         ds.PixelData = np.ascontiguousarray(frame.astype("<i2" if enc.signed else "<u2")).tobytes()
-        ds.RescaleIntercept, ds.RescaleSlope = enc.intercept, enc.slope
-        if iod != "MR":  # RescaleType: CT Image (type 3) and Modality LUT module (type 1C)
+        if iod != "MR":  # the MR Image IOD has no Modality LUT module: MR is stored in its own units
+            ds.RescaleIntercept, ds.RescaleSlope = enc.intercept, enc.slope
+            # RescaleType: CT Image (type 3) and Modality LUT module (type 1C)
             ds.RescaleType = "HU" if scan.modality == "CT" else "US"
         assert window is not None  # write_dicom computes it with ``enc``
-        ds.WindowCenter, ds.WindowWidth = window
+        centers, widths, explanations = window
+        ds.WindowCenter = centers if len(centers) > 1 else centers[0]
+        ds.WindowWidth = widths if len(widths) > 1 else widths[0]
+        if explanations:
+            ds.WindowCenterWidthExplanation = explanations if len(explanations) > 1 else explanations[0]
     if iod == "CT":
         ds.KVP = None
         ds.AcquisitionNumber = None
@@ -255,20 +291,28 @@ def write_dicom(
     out_dir: str | Path,
     *,
     case_id: str,
-    series_description: str = "medsynth synthetic",
+    series_description: str | None = None,
     sop_class: str = "auto",
     synthetic: bool = True,
     uid_namespace: str = "",
+    seed: int | None = None,
+    model: str | None = None,
+    pathology: str | None = None,
+    body_part: str | None = None,
+    created: datetime | None = None,
 ) -> list[Path]:
     """Write ``scan`` as a DICOM series, one file per slice, into ``out_dir``.
 
     CT and MR scans become CT/MR Image Storage (2D and 3D); other modalities, RGB scans and
     ``sop_class="sc"`` become Secondary Capture (ConversionType SYN). Every file carries
     SyntheticData YES, ImageType DERIVED\\SECONDARY, a Contributing Equipment item
-    "Synthesizing Equipment" (medsynth and its version), PatientIdentityRemoved YES, the full
-    plane geometry (also in Secondary Captures, as standard extended attributes), and UIDs
-    derived from ``case_id``, so rewriting a case gives the same UIDs and bytes. A scan
-    whose geometry was guessed (``scan.geometry_guessed``) gets ImageComments
+    "Synthesizing Equipment" (medsynth and its version), PatientIdentityRemoved YES, a patient,
+    study and series identity of its own (``medsynth.io.dicom.identity``), Study Date/Time,
+    Study ID, Study and Series Descriptions naming medsynth, the condition and the model, and
+    the full plane geometry (also in Secondary Captures, as standard extended attributes).
+    CT carries the window presets ``CT_WINDOWS``; MR is stored in its own units (whole numbers,
+    no Rescale Slope). The same arguments give the same bytes. A scan whose geometry was
+    guessed (``scan.geometry_guessed``) gets ImageComments
     ``"geometry assumed by medsynth, not measured: <reason>"``.
 
     Args:
@@ -276,15 +320,26 @@ def write_dicom(
         out_dir: the series folder; built under a temporary name and renamed when complete.
             An existing folder holding only ``.dcm`` files (an earlier write) is replaced;
             any other existing non-empty folder is refused.
-        case_id: the synthetic case's identity (becomes PatientID ``SYN-<case_id>`` and
-            PatientName ``SYNTHETIC^<case_id>``); make it unique across datasets.
-        series_description: SeriesDescription (at most 64 characters).
+        case_id: the case, part of PatientID ``SYN-<case_id>-<digest>`` and PatientName
+            ``SYNTHETIC^<case_id>-<digest>``; the digest (of ``uid_namespace``, ``case_id`` and
+            ``seed``, or without a namespace of the scan's content) keeps equal case ids apart.
+        series_description: SeriesDescription (at most 64 characters); default the study's
+            description (``medsynth synthetic <pathology> <modality>, model <model>``).
         sop_class: ``"auto"`` or ``"sc"`` (force Secondary Capture).
         synthetic: ``False`` for a converted real scan (``medsynth convert``): SyntheticData
-            NO, an anonymous patient ``ANONYMOUS^<case_id>``, "Processing Equipment" as the
-            contribution, ConversionType WSD; the de-identification marks stay.
-        uid_namespace: mixed into every UID, so equal case ids in different datasets (say,
-            two protocols) never share UIDs; the protocol runner passes the protocol's hash.
+            NO, an anonymous patient ``ANONYMOUS^<case_id>-<digest>``, "Processing Equipment" as
+            the contribution, ConversionType WSD; its dates are those of the conversion (the
+            source's are identifiers and are not carried over); the de-identification marks stay.
+        uid_namespace: mixed into every id, so equal case ids in different datasets (say,
+            two protocols) never share one; the protocol runner passes the protocol's hash.
+        seed: the case's seed, mixed into the identity.
+        model: the model's id, named in the descriptions.
+        pathology: the case's pathology label (``effusion|nodule``), named in the descriptions.
+        body_part: BodyPartExamined (``CHEST``); default the scan's ``body_part`` metadata, else
+            the attribute is left out.
+        created: the generation (or conversion) time for Study/Series/Content Date and Time
+            (written in UTC, TimezoneOffsetFromUTC +0000); default
+            ``medsynth.io.provenance.generation_time()`` (now, or SOURCE_DATE_EPOCH).
 
     Returns:
         The written file paths in slice order (``00001.dcm``, ...).
@@ -294,7 +349,14 @@ def write_dicom(
     """
     from medsynth.io.atomic import atomic_path
 
-    iod = _check_write_args(scan, case_id, series_description, sop_class)
+    if model is not None:
+        _check_lo("model", model)
+    study_description = description(synthetic=synthetic, modality=scan.modality, pathology=pathology, model=model)
+    series_description = study_description if series_description is None else series_description
+    if body_part is None:
+        from_scan = str(scan.metadata.get("body_part", "")).strip().upper()
+        body_part = from_scan if _CS.match(from_scan) else None
+    iod = _check_write_args(scan, case_id, series_description, sop_class, body_part)
     out = Path(out_dir)
     if out.exists():
         if out.is_dir():
@@ -307,35 +369,46 @@ def write_dicom(
                 "(only .dcm files): choose another output folder"
             )
     geometry = decompose_affine(scan.affine, scan.shape, where=f"scan for case {case_id}")
+    created = (created or generation_time()).astimezone(UTC)
+    study = _Study(
+        identity=series_identity(
+            scan,
+            case_id=case_id,
+            synthetic=synthetic,
+            namespace=uid_namespace,
+            seed=seed,
+            series_description=series_description,
+            iod=iod,
+        ),
+        study_description=study_description,
+        series_description=series_description,
+        created=created,
+    )
     values = scan.array[0]
-    enc = None if scan.array.shape[0] == 3 else _encode_mono(values, scan.modality)
+    if scan.array.shape[0] == 3:
+        enc = None
+    else:
+        enc = _encode_mr(values, case_id) if iod == "MR" else _encode_mono(values, scan.modality)
     window = None if enc is None else _window(scan, values)
     # RGB: (3, [D,] H, W) -> ([D,] H, W, 3) 8-bit; grayscale: the encoded integers.
     frames_all = np.round(np.moveaxis(scan.array, 0, -1)).astype(np.uint8) if enc is None else enc.stored
     frames = list(frames_all) if scan.spatial_dims == 3 else [frames_all]
-    uids = _uids(case_id, series_description, iod, uid_namespace)
     plane = geometry.plane
     normal = plane.normal
     names = [f"{i + 1:05d}.dcm" for i in range(len(frames))]
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for i, frame in enumerate(frames):
-            ds = _base_dataset(
-                iod=iod,
-                modality=scan.modality,
-                case_id=case_id,
-                series_description=series_description,
-                uids=uids,
-                index=i,
-                synthetic=synthetic,
-            )
-            ds.FrameOfReferenceUID = uids[2]
+            ds = _base_dataset(iod=iod, modality=scan.modality, study=study, index=i, synthetic=synthetic)
+            ds.FrameOfReferenceUID = study.identity.frame_of_reference_uid
             ds.PositionReferenceIndicator = None
-            body_part = str(scan.metadata.get("body_part", "")).strip().upper()
-            if _CS.match(body_part):
+            if body_part is not None:
+                # Laterality (type 2C, for paired body parts) is left out: the body parts medsynth
+                # models make (CHEST) are unpaired, and an empty value would claim "unknown".
                 ds.BodyPartExamined = body_part
             else:
-                # Laterality is type 2C (paired body parts); the body part is unknown, so is it.
+                # Without a body part, whether Laterality applies is itself unknown: type 2C
+                # then asks for it, empty (dciodvfy reports it missing otherwise).
                 ds.Laterality = None
             if iod != "SC":
                 ds.PatientPosition = None
