@@ -196,7 +196,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     _enlarge(model, spec["size"])
     out: dict[str, Any] = {**spec}
     if spec["phase"] == "sample":
-        synth = Synthesizer(model, decode_window=spec["window"], decode_overlap=spec["overlap"])
+        synth = Synthesizer(model, decode_window=spec["window"])
         decode_times: list[float] = []
         decode = synth._decode
 
@@ -219,11 +219,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         out["baseline_rss_mb"] = round(_maxrss_mb(), 1)
         t = time.perf_counter()
         with torch.inference_mode():
-            x = (
-                model.decode(z)
-                if spec["window"] is None
-                else decode_tiled(model.decode, z, window=spec["window"], overlap=spec["overlap"])
-            )
+            x = model.decode(z) if spec["window"] is None else decode_tiled(model, z, window=spec["window"])
             hu = model.preprocessing.denormalise(x, "CT")[0].numpy()
         out["seconds_decode"] = round(time.perf_counter() - t, 2)
         np.savez(spec["image_out"], x=hu)

@@ -8,6 +8,7 @@ preprocessing, and offers the few operations training and sampling need: ``encod
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from medsynth.data.transforms import Preprocessing
 from medsynth.errors import InputError
 from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
 from medsynth.models.conditioning import Conditioner
+from medsynth.models.fov import FieldOfView
 from medsynth.strict import dataclass_from_dict
 
 DEFAULT_SCHEDULER: dict[str, Any] = {
@@ -113,6 +115,12 @@ class ModelConfig:
     # The guidance used when a caller names none: chosen per model from its measured accuracy and
     # diversity against guidance (the model card), as the best setting differs between models.
     default_guidance_scale: float = DEFAULT_GUIDANCE
+    # Per axis, the smallest and largest field of view (mm) the training scans filled on the
+    # grid (``medsynth.models.fov``); None for a model trained before it was recorded.
+    trained_fov: dict[str, list[float]] | None = None
+    # DICOM BodyPartExamined of the scans the model makes (CHEST for the phantoms), written into
+    # generated DICOM; None (configs without it): not known, and the attribute is left out.
+    body_part: str | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -126,6 +134,25 @@ class ModelConfig:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not lo <= g <= hi:
             raise InputError(f"config.default_guidance_scale: expected a number in [{lo:g}, {hi:g}]; got {g!r}")
         self.default_guidance_scale = float(g)
+        if self.body_part is not None and not (
+            isinstance(self.body_part, str) and re.fullmatch(r"[A-Z0-9 _]{1,16}", self.body_part)
+        ):
+            raise InputError(
+                "config.body_part: expected a DICOM Body Part Examined code (1-16 capitals, digits, "
+                f"space or '_', such as CHEST) or null; got {self.body_part!r}"
+            )
+
+    @property
+    def downsampling(self) -> int:
+        """The autoencoder's downsampling factor per axis: image sides must be multiples of it."""
+        return int(2 ** (len(self.autoencoder.get("channels", (32, 64, 64, 64))) - 1))
+
+    def fields_of_view(self) -> FieldOfView:
+        """The fields of view the model was trained on (``medsynth.models.fov``)."""
+        pre = self.preprocessing
+        return FieldOfView.of_config(
+            self.trained_fov, [float(n) * float(s) for n, s in zip(pre["size"], pre["spacing"])]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,7 +201,7 @@ class LatentDiffusionModel(nn.Module):
                 f"config: preprocessing.spatial_dims={self.preprocessing.spatial_dims} "
                 f"disagrees with spatial_dims={config.spatial_dims}"
             )
-        down = 2 ** (len(config.autoencoder.get("channels", (32, 64, 64, 64))) - 1)
+        down = config.downsampling
         bad = [s for s in self.preprocessing.size if s % down]
         if bad:
             raise InputError(
@@ -207,6 +234,16 @@ class LatentDiffusionModel(nn.Module):
         return (c, *(s // self._down for s in self.preprocessing.size))
 
     @property
+    def downsampling(self) -> int:
+        """The autoencoder's downsampling factor per axis: image sides must be multiples of it."""
+        return self._down
+
+    @property
+    def trained_fov(self) -> FieldOfView:
+        """The fields of view the model was trained on (``medsynth.models.fov``)."""
+        return self.config.fields_of_view()
+
+    @property
     def scale_factor(self) -> float:
         return float(self.config.scale_factor)
 
@@ -227,8 +264,8 @@ class LatentDiffusionModel(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent ``(B, *latent_shape)`` -> normalised image, whole.
 
-        For volumes too large to decode at once, ``medsynth.sampling.decode_tiled(model.decode, z, window=...)``
-        decodes window by window.
+        For volumes too large to decode at once, ``medsynth.sampling.decode_tiled(model, z, max_memory=...)``
+        decodes slab by slab with the same result (``encode_tiled`` likewise for ``encode``).
         """
         return self.autoencoder.decode(z / self.scale_factor)
 

@@ -127,6 +127,8 @@ class ManifestRecord:
     source: dict[str, Any] | None = None  # a dataset background: {"row": N, "sha256": ...}, never its path
     subject: str | None = None  # a dataset background: the source row's subject
     derived: bool | None = None  # True: holds a real patient's anatomy (a dataset background)
+    # A quota with its own output grid: {"shape", "spacing", "fov_extrapolated"} (plan_grid).
+    grid: dict[str, Any] | None = None
     # Keys this version does not know (a newer medsynth's), kept so rewriting a manifest loses none.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -174,6 +176,7 @@ class ManifestRecord:
             source=_field(data, "source", dict, "an object {row, sha256}"),
             subject=_field(data, "subject", str, "a string"),
             derived=_field(data, "derived", bool, "true or false"),
+            grid=_field(data, "grid", dict, "an object {shape, spacing, fov_extrapolated}"),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

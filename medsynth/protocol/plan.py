@@ -7,8 +7,7 @@ line of a ``ProtocolErrors``. The result, a ``RunPlan``, fixes:
 
 * the quotas (explicit, or derived from a dataset's class counts in balance mode);
 * the cases: case ``k`` of class (pathology, modality) is ``<pathology>-<modality>-<k>``
-  (``case_stem``; e.g. ``nodule-CT-00017``),
-  numbered across all quotas of that class, with seed
+  (``case_stem``; e.g. ``nodule-CT-00017``), numbered across all quotas of that class, with seed
   ``derive_seed(protocol seed, pathology, modality, k, attempt)``;
 * the batches: each quota's cases chunked by ``sampler.batch_size``. A batch is the unit of
   computation, so a resumed or sharded run recomputes whole batches and equals an
@@ -28,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from medsynth.conditions import Condition, UnknownLabel, Vocabulary, group_key, split_pathologies
 from medsynth.digest import sha256_json
 from medsynth.errors import MedsynthError
-from medsynth.io.formats import FORMATS, get_format
+from medsynth.protocol.plan_grid import GridPlan, check_grids
 from medsynth.protocol.plan_insert import INTO_GENERATED, InsertPlan, check_insert
+from medsynth.protocol.plan_output import check_formats, check_push
 from medsynth.protocol.plan_privacy import IndexUse, check_image_index_present, check_index_strength
 from medsynth.protocol.schema import Protocol, ProtocolErrors, ProtocolFile, QuotaSpec, load_protocol
 from medsynth.pydantic_errors import format_loc
@@ -113,6 +113,7 @@ class QuotaPlan:
     guidance_scale: float
     extend: ExtendPlan | None = None
     insert: InsertPlan | None = None
+    grid: GridPlan | None = None  # an output grid other than the model's (plan_grid)
 
     @property
     def condition(self) -> Condition:
@@ -203,15 +204,17 @@ class RunPlan:
             "privacy": self.protocol.privacy.model_dump(),
             "quotas": [_quota_doc(q) for q in self.quotas],
             "batches": [[c.case_id for c in b.cases] for b in self.batches],
+            **self.protocol.sampler.hashed(),
         }
         return sha256_json(doc)
 
 
 def _quota_doc(q: QuotaPlan) -> dict[str, Any]:
-    # Without insert's catalog (asdict would deep-copy it) and, for other quotas, without the key
-    # at all, so plans made before insertion existed keep their hash.
+    # Without insert's catalog (asdict would deep-copy it); keys absent when unused keep old plans' hashes.
     doc = asdict(replace(q, insert=None))
     doc.pop("insert")
+    if q.grid is None:  # absent, so that plans made before output grids keep their hash
+        doc.pop("grid")
     if q.insert is not None:
         doc["insert"] = q.insert.doc()
     if q.extend is not None:
@@ -474,18 +477,14 @@ def validate_protocol(path: str | os.PathLike[str], *, out: str | os.PathLike[st
         # Nothing else can be checked without the model's vocabularies.
         raise ProtocolErrors([f"{path}: model: {exc}"]) from None
     method = _check_sampler(errs, ("sampler",), p.sampler.method, p.sampler.steps, model)
-    for fmt in p.output.formats:
-        if model.spatial_dims != 2 and not get_format(fmt).holds_3d:
-            volumetric = " and/or ".join(f.name for f in FORMATS.values() if f.holds_3d)
-            errs.add(
-                ("output", "formats"),
-                f"{fmt} is only for 2D models; model {model.ref} is {model.spatial_dims}D: use {volumetric}",
-            )
+    check_formats(errs.add, p, model)
     check_image_index_present(errs.add, p, model)
     quotas = (
         _explicit_quotas(errs, source, model) if p.quotas is not None else _balance_quotas(errs, source, model, method)
     )
+    quotas = check_grids(errs.add, p, model, quotas)
     indexes = check_index_strength(errs.add, p, model, quotas)
+    errs.lines += [] if errs.lines else check_push(source)  # asks the PACS: last, once all else is right
     errs.raise_if_any()
     batches = plan_cases(quotas, p.sampler.batch_size)
     ids = Counter(c.case_id for b in batches for c in b.cases)

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsynth.digest import hash_output
 from medsynth.distributed import DistContext, barrier, init_distributed, shutdown
@@ -38,9 +39,13 @@ from medsynth.protocol.gate import Gate
 from medsynth.protocol.insertion import Attempt, Inserter
 from medsynth.protocol.manifest import MANIFEST, REJECTED, JsonlAppender, ManifestRecord, RejectedRecord, utc_now
 from medsynth.protocol.plan import BatchPlan, CasePlan, QuotaPlan, RunPlan, validate_protocol
+from medsynth.protocol.plan_output import push_target
 from medsynth.protocol.progress import Progress
 from medsynth.protocol.state import OutputFolder, ResumeState
 from medsynth.protocol.summary import RunResult, Session, finalize, format_summary
+
+if TYPE_CHECKING:
+    from medsynth.pacs.push import Pusher
 
 # RunResult and format_summary are defined in summary.py; named here too, as what a caller of
 # generate() handles (the CLI imports them from here).
@@ -69,10 +74,11 @@ class _Run:
         self.quota_row = {q.index: row for row, q in enumerate(plan.quotas)}  # progress bar per quota
         self.cases = {c.case_id: c for c in plan.cases}
         self.gate: Gate | None = None
-        self._synth: Any = None  # the Synthesizer, loaded when first needed
+        self._synths: dict[Any, Any] = {}  # a Synthesizer per output grid, the model loaded when first needed
         self.state = state  # what earlier sessions finished; this session adds to it
         self.sources: dict[Path, Scan] = {}
         self.inserter = Inserter(plan, ctx.device)
+        self.pusher: Pusher | None = None  # while run() runs, with output.push
 
     def my_batches(self) -> list[BatchPlan]:
         return [b for b in self.plan.batches if b.index % self.ctx.world_size == self.ctx.rank]
@@ -99,13 +105,20 @@ class _Run:
             self.sources[path] = scan
         return self.sources[path]
 
-    def _synthesizer(self) -> Any:
-        if self._synth is None:
+    def _synthesizer(self, q: QuotaPlan) -> Any:
+        """The Synthesizer of the quota's output grid; every grid shares one loaded model."""
+        if q.grid not in self._synths:
             from medsynth.models.artifact import load_model
             from medsynth.sampling import Synthesizer
 
-            self._synth = Synthesizer(load_model(self.plan.model.path, device=self.ctx.device), device=self.ctx.device)
-        return self._synth
+            first = next(iter(self._synths.values()), None)
+            model = first.model if first is not None else load_model(self.plan.model.path, device=self.ctx.device)
+            grid = q.grid.synthesizer_args() if q.grid is not None else {}
+            s = self.p.sampler
+            self._synths[q.grid] = Synthesizer(
+                model, device=self.ctx.device, precision=s.precision, compile=s.compile, **grid
+            )
+        return self._synths[q.grid]
 
     # -- the batch loop ------------------------------------------------------------------------
 
@@ -131,9 +144,33 @@ class _Run:
         with (
             JsonlAppender(self.folder.part(MANIFEST)) as manifest,
             JsonlAppender(self.folder.part(REJECTED)) as rejected,
+            self._open_pusher() as self.pusher,  # output.push: each case as its manifest line is written
         ):
             for b in batches:
-                self._run_batch(b, self._synthesizer(), manifest, rejected)
+                self._run_batch(b, self._synthesizer(self.quotas[b.quota]), manifest, rejected)
+            if self.pusher is not None:
+                self.progress.event("push", **self.pusher.result.to_dict())
+
+    def _open_pusher(self) -> AbstractContextManager[Pusher | None]:
+        """The protocol's ``output.push`` (None without it), having pushed what earlier sessions finished.
+
+        Each rank pushes the cases of its own batches and appends to its own part of the push record.
+        """
+        from medsynth.pacs.push import Pusher
+
+        target = push_target(self.plan.source)
+        if target is None:
+            return nullcontext(None)
+        pusher = Pusher(self.out, target, rank=self.ctx.rank if self.ctx.distributed else None)
+        mine = {c.case_id for b in self.my_batches() for c in b.cases}
+        try:
+            for r in self.folder.manifest():  # finished before an interruption, perhaps not pushed
+                if r.case_id in mine:
+                    pusher.push_case(r)
+        except BaseException:
+            pusher.close()
+            raise
+        return pusher
 
     def _sample(self, synth: Any, q: QuotaPlan, cases: list[CasePlan], seeds: list[int]) -> list[Scan]:
         settings = {"num_inference_steps": q.steps, "guidance_scale": q.guidance_scale, "sampler": q.method}
@@ -159,8 +196,8 @@ class _Run:
         c = self.cases[r.case_id]
         q = self.quotas[c.quota]
         if q.insert is not None:  # only generated backgrounds are checked whole
-            return self.inserter.generated_backgrounds(self._synthesizer(), q, [r.seed])[0]
-        return self._sample(self._synthesizer(), q, [c], [r.seed])[0]
+            return self.inserter.generated_backgrounds(self._synthesizer(q), q, [r.seed])[0]
+        return self._sample(self._synthesizer(q), q, [c], [r.seed])[0]
 
     def _attempt(self, synth: Any, q: QuotaPlan, cases: list[CasePlan], seeds: list[int]) -> list[Attempt]:
         if q.insert is not None:
@@ -197,7 +234,10 @@ class _Run:
         for c, a, seed, attempt in sorted(accepted, key=lambda item: item[0].position):
             if c.case_id in self.state.done:  # written before an interruption: the batch was recomputed whole
                 continue
-            manifest.append(self._write_case(c, q, a, seed, attempt))
+            record = self._write_case(c, q, a, seed, attempt)
+            manifest.append(record)
+            if self.pusher is not None:  # after the manifest line: only complete cases are pushed
+                self.pusher.push_case(record)
             self.state.done.add(c.case_id)
             self.progress.case(self.quota_row[q.index], c.case_id)
 
@@ -236,20 +276,29 @@ class _Run:
 
     def _write_case(self, c: CasePlan, q: QuotaPlan, a: Attempt, seed: int, attempt: int) -> ManifestRecord:
         from medsynth.io import write_scan
+        from medsynth.models.artifact import load_config
 
         scan = a.scan
         scan.metadata["case_id"] = c.case_id
         files: dict[str, str] = {}
         hashes: dict[str, str | dict[str, str]] = {}
+        body_part = load_config(self.plan.model.path).body_part  # config.json only, small: read per case
         for fmt in self.p.output.formats:
-            # DICOM UIDs derive from the case id and this namespace: two studies never share
-            # UIDs, and a rerun of the same protocol rewrites the same ones.
+            # Every format names the model and the case and says synthetic. DICOM patient, study
+            # and series ids derive from this namespace, the case id and its seed: two protocols
+            # never share them, and a rerun of the same protocol rewrites the same ones; the
+            # study date is the run's start, recorded once in the output folder.
             written = write_scan(
                 scan,
                 get_format(fmt).output_file(self.out, c.case_id),
                 fmt,
                 case_id=c.case_id,
                 uid_namespace=self.plan.source.sha256,
+                seed=seed,
+                model=self.plan.model.id,
+                pathology=c.pathology,
+                body_part=body_part,
+                created=self.folder.started(),
             )
             files[fmt] = written.relative_to(self.out).as_posix()
             hashes[fmt] = hash_output(written)
@@ -268,11 +317,14 @@ class _Run:
             model={"id": self.plan.model.id, "sha256": self.folder.model_sha},
             protocol_sha256=self.plan.source.sha256,
             # A dataset background was not sampled; the lesion's sampler is in ``insert``.
-            sampler=None if a.row is not None else q.sampler_settings(self.p.sampler.batch_size),
+            sampler=None
+            if a.row is not None
+            else {**q.sampler_settings(self.p.sampler.batch_size), **self.p.sampler.hashed()},
             privacy=a.privacy,
             created=utc_now(),
             # The source's index in the quota's source list, never its path (paths can identify).
             extend=None if q.extend is None else {"source_index": c.source, "strength": q.extend.strength},
+            grid=None if q.grid is None else q.grid.record(scan.shape, scan.spacing),
             **extra,
         )
 

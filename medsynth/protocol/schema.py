@@ -45,6 +45,7 @@ from pydantic import (
 from medsynth.errors import ErrorLines, ProtocolError
 from medsynth.io.formats import FormatName
 from medsynth.limits import GUIDANCE_RANGE, MAX_STEPS
+from medsynth.protocol.schema_push import PushField, refuse_credentials
 from medsynth.pydantic_errors import describe_error, short_repr
 from medsynth.strict import StrictModel
 from medsynth.yamlfile import describe_yaml_error, load_yaml
@@ -87,6 +88,9 @@ def _target(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(_nonblank)]
+# An output grid: 2 or 3 positive values (the model decides how many, checked in the plan).
+GridShape = Annotated[list[Annotated[int, Field(gt=0, le=4096)]], Field(min_length=2, max_length=3)]
+GridSpacing = Annotated[list[Annotated[float, Field(gt=0, le=1000)]], Field(min_length=2, max_length=3)]
 
 
 class _Strict(StrictModel):
@@ -111,11 +115,33 @@ class OutputSpec(_Strict):
         min_length=1,
         description="Any of dicom, nifti, png (png only for 2D models).",
     )
+    push: PushField | None = Field(
+        None,
+        description="Store each finished case's DICOM files in a PACS: {dicomweb: URL} or {dimse: AET@HOST:PORT}; "
+        "needs dicom in formats. Credentials are not allowed here: they come from the environment.",
+    )
+    shape: GridShape | None = Field(
+        None,
+        description="Output grid shape (array order), default the model's; a quota may override it. At the "
+        "model's spacing every side must be a multiple of the autoencoder's downsampling.",
+    )
+    spacing: GridSpacing | None = Field(
+        None,
+        description="Output grid spacing in mm, default the model's; another spacing is sampled at the "
+        "model's over the same field of view and resampled. A quota may override it.",
+    )
+    allow_fov_extrapolation: bool = Field(
+        False,
+        description="Sample fields of view (shape x spacing) outside those the model was trained on "
+        "instead of refusing them; the manifest and summary record it.",
+    )
 
     @model_validator(mode="after")
     def _unique_formats(self) -> OutputSpec:
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"formats lists a format twice: {self.formats}")
+        if self.push is not None and "dicom" not in self.formats:
+            raise ValueError(f"push stores DICOM files: add dicom to formats (they are {self.formats})")
         return self
 
 
@@ -135,6 +161,19 @@ class SamplerSpec(_Strict):
         description="Classifier-free guidance scale; default: the model's default_guidance_scale (its model card).",
     )
     batch_size: int = Field(16, ge=1, le=MAX_BATCH, description="Cases sampled together (affects speed only).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="The UNet's arithmetic: fp32, or bf16/fp16 autocast (faster on a GPU; outputs differ by "
+        "rounding, see docs/performance.md).",
+    )
+    compile: bool = Field(False, description="Run the UNet through torch.compile (speed only).")
+
+    def hashed(self) -> dict[str, Any]:
+        """What of these settings changes the output beyond the quotas' own (for ``plan_sha256``).
+
+        Empty at the defaults, so plans made before ``precision`` existed keep their hash.
+        """
+        return {} if self.precision == "fp32" else {"precision": self.precision}
 
 
 class ExtendSpec(_Strict):
@@ -237,6 +276,8 @@ class QuotaSpec(_Strict):
     method: SamplerName | None = Field(None, description="Overrides sampler.method for this quota.")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Overrides sampler.steps.")
     guidance_scale: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE, description="Overrides sampler.guidance_scale.")
+    shape: GridShape | None = Field(None, description="Overrides output.shape for this quota.")
+    spacing: GridSpacing | None = Field(None, description="Overrides output.spacing for this quota.")
     extend: ExtendSpec | None = None
     insert: InsertSpec | None = None
 
@@ -293,6 +334,13 @@ class Protocol(_Strict):
     quotas: list[QuotaSpec] | None = Field(None, min_length=1)
     balance: BalanceSpec | None = None
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        # At the top and before the fields: the only place whose error lines do not repeat the value given.
+        refuse_credentials(data)
+        return data
 
     @model_validator(mode="after")
     def _quotas_xor_balance(self) -> Protocol:

@@ -28,6 +28,7 @@ import json
 import shutil
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from medsynth.distributed import DistContext
 from medsynth.errors import InputError, os_error_line
 from medsynth.io.atomic import TMP_PREFIX, atomic_write_text, fsync_path, remove_stale_temporaries, write_json
 from medsynth.io.formats import FORMATS
+from medsynth.io.provenance import generation_time
 from medsynth.protocol.insertion import EXTRA_FOLDERS
 from medsynth.protocol.manifest import (
     MANIFEST,
@@ -148,7 +150,23 @@ class OutputFolder:
             "protocol": {"name": self.plan.protocol.name, "sha256": self.plan.source.sha256},
             "plan_sha256": self.plan.plan_sha256,
             "model": {"id": self.plan.model.id, "sha256": self.model_sha},
+            # The run's generation time, recorded once: every case's DICOM Study Date/Time, so a
+            # resumed run writes the same bytes (SOURCE_DATE_EPOCH pins it across runs).
+            "started": generation_time().isoformat(),
         }
+
+    def started(self) -> datetime:
+        """The run's generation time as recorded in ``.medsynth-run.json`` (after ``prepare``).
+
+        A folder made before the time was recorded: the run file's modification time, which
+        ``prepare`` does not change either.
+        """
+        path = self.out / RUN_FILE
+        recorded = (self._read_run_file() or {}).get("started")
+        try:
+            return datetime.fromisoformat(str(recorded)).astimezone(UTC)
+        except ValueError:
+            return datetime.fromtimestamp(int(path.stat().st_mtime), UTC)
 
     def _mismatch(self, run: dict[str, Any]) -> str | None:
         mine = self._run_record()

@@ -27,6 +27,7 @@ from medsynth.protocol.manifest import (
     utc_now,
 )
 from medsynth.protocol.plan import RunPlan
+from medsynth.protocol.plan_grid import GridPlan
 from medsynth.protocol.state import DATASET, LABELS, LESION_REPORT, PRIVACY_REPORT, SUMMARY, OutputFolder
 
 
@@ -139,9 +140,18 @@ def _quota_counts(plan: RunPlan, records: list[ManifestRecord], rejected: list[R
                 "out_of_attempts": sum(finally_rejected.get(i) == "resample" for i in ids),
                 **({"extend_strength": q.extend.strength} if q.extend else {}),
                 **({"insert_into": q.insert.into} if q.insert else {}),
+                **({"grid": _grid_doc(q.grid)} if q.grid else {}),
             }
         )
     return quotas
+
+
+def _grid_doc(grid: GridPlan) -> dict[str, Any]:
+    return {
+        "shape": None if grid.shape is None else list(grid.shape),
+        "spacing": None if grid.spacing is None else list(grid.spacing),
+        "fov_extrapolated": grid.fov_extrapolated,
+    }
 
 
 def _write_privacy_report(
@@ -265,6 +275,11 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     for q in summary["quotas"]:
         extra = "".join(f", {q[k]} {k.replace('_', ' ')}" for k in ("dropped", "out_of_attempts") if q.get(k))
         lines.append(f"  {q.get('label', q['class']):<36} {q['written']:>6} / {q['requested']}{extra}")
+        if q.get("grid", {}).get("fov_extrapolated"):
+            lines.append(
+                "  WARNING: field of view outside the model's trained range, sampled by request "
+                "(output.allow_fov_extrapolation)"
+            )
     pv = summary["privacy"]
     if not pv.get("gate"):
         lines.append("privacy gate: OFF (cases were not checked for memorization)")

@@ -6,8 +6,8 @@ The loop, top to bottom, for one batch:
 2. build the cross-attention context once: ``[null; condition]`` for classifier-free guidance;
 3. for each step: one batched UNet call on ``[z; z]``, ``eps = eps_u + g (eps_c - eps_u)``,
    then the sampler's step (stochastic samplers use each sample's own generator);
-4. decode the latents (whole, or tile-wise for large 3D volumes) and turn each into a ``Scan``
-   in modality units (HU for CT) on the model grid, with its seed and settings in the metadata.
+4. decode the latents (whole, or slab by slab within ``max_memory``: the same result) and turn each into a ``Scan``
+   in modality units (HU for CT) on the output grid (the model grid unless ``shape``/``spacing`` say otherwise), with its seed and settings in the metadata.
 
 Because every random draw belongs to one sample, results do not depend on ``batch_size``
 (beyond float rounding of batched convolutions).
@@ -27,13 +27,16 @@ from medsynth.errors import InputError
 from medsynth.io.scan import Scan
 from medsynth.limits import check_guidance, check_seed, check_steps, positive_int
 from medsynth.models.ldm import LatentDiffusionModel
+from medsynth.sampling.grid import plan_grid, to_output_grid, work_preprocessing
+from medsynth.sampling.memory import parse_memory
+from medsynth.sampling.precision import autocast, check_precision
 from medsynth.sampling.samplers import (
     DEFAULT_SAMPLER,
     Sampler,
     check_sampler,
     make_sampler,
 )
-from medsynth.sampling.tiling import check_window, decode_tiled
+from medsynth.sampling.tiling import check_window, decode_tiled, encode_tiled
 from medsynth.seeding import derive_seed, torch_generator
 
 DEFAULT_STEPS = 20
@@ -54,9 +57,24 @@ class Synthesizer:
     Args:
         model: a loaded model, or a model directory / ``"builtin:<name>"`` to load.
         device: where to sample (default: the model's device).
-        decode_window: latent window edge for tile-wise decoding (3D volumes that do not fit in
-            memory); ``None`` decodes whole latents. See ``medsynth.sampling.tiling``.
-        decode_overlap: fraction of overlap between decoding windows.
+        max_memory: memory budget of decoding (and of encoding in ``variation``): bytes, or a
+            string such as ``"4GB"`` or ``"512MiB"``; default half the free memory of ``device``
+            (RAM, or GPU memory on CUDA) when the call starts. A whole decode is used when it
+            fits, else the autoencoder runs slab by slab with whole-volume GroupNorm statistics,
+            so the result is the same either way (``medsynth.sampling.tiling``).
+        decode_window: latent rows per slab, by hand (``None``: chosen from ``max_memory``).
+        shape: the output grid's shape (array order); default the model's grid. At the model's
+            spacing every side must be a multiple of the autoencoder's downsampling.
+        spacing: the output grid's spacing in mm; default the model's. Another spacing is
+            sampled at the model's spacing over the same field of view and resampled
+            (``medsynth.sampling.grid``).
+        allow_fov_extrapolation: sample a field of view (shape x spacing) outside the ones the
+            model was trained on (``model.trained_fov``) instead of refusing it; the scans then
+            carry ``metadata["fov_extrapolated"] = True``.
+        precision: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` to run the UNet under
+            ``torch.autocast`` (faster on a GPU; the sampler's arithmetic and the decode stay
+            float32). Outputs differ from fp32 by rounding: docs/performance.md has the measure.
+        compile: run the UNet through ``torch.compile`` (the first batch pays the compilation).
 
     Example:
         >>> synth = Synthesizer(load_model("builtin:phantom-2d"))          # doctest: +SKIP
@@ -71,8 +89,13 @@ class Synthesizer:
         model: LatentDiffusionModel | str | Path,
         *,
         device: str | torch.device | None = None,
-        decode_window: int | Sequence[int] | None = None,
-        decode_overlap: float = 0.25,
+        max_memory: int | str | None = None,
+        decode_window: int | None = None,
+        shape: Sequence[int] | None = None,
+        spacing: Sequence[float] | None = None,
+        allow_fov_extrapolation: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         if not isinstance(model, LatentDiffusionModel):
             from medsynth.models.artifact import load_model
@@ -80,12 +103,20 @@ class Synthesizer:
             model = load_model(model)
         self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
-        check_window(decode_window, decode_overlap, model.spatial_dims)
-        self.decode_window = decode_window
-        self.decode_overlap = float(decode_overlap)
+        self.max_memory = parse_memory(max_memory)
+        self.decode_window = check_window(decode_window)
         self.kind: str = model.config.scheduler["kind"]
+        self.precision = check_precision(precision)
+        self._denoise = torch.compile(model.forward) if compile else model.forward
+        self.grid = plan_grid(model.config, shape, spacing, allow_fov_extrapolation=allow_fov_extrapolation)
+        self._work = work_preprocessing(model, self.grid)
 
     # -- public API ------------------------------------------------------------------------------
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """``(latent_channels, *spatial)`` of the latents sampled for the output grid."""
+        return (self.model.latent_shape[0], *(n // self.model.downsampling for n in self.grid.work_shape))
 
     @property
     def default_sampler(self) -> str:
@@ -123,7 +154,7 @@ class Synthesizer:
             batch_size: samples per UNet call (memory/speed only; results do not depend on it).
 
         Returns:
-            ``num_samples`` scans on the model grid, in modality units (CT in HU), with metadata
+            ``num_samples`` scans on the output grid (``self.grid``), in modality units (CT in HU), with metadata
             ``pathology`` (``"|"``-joined), ``seed`` (the per-sample seed), ``sampler``, ``synthetic``.
 
         Raises:
@@ -190,12 +221,14 @@ class Synthesizer:
     ) -> list[Scan]:
         """Image-to-image variations of ``scan`` (SDEdit, Meng et al. 2022, arXiv:2108.01073).
 
-        The scan is resampled to the model grid and normalised (``preprocessing.to_model``),
+        The scan is resampled to the working grid (the model grid unless ``shape``/``spacing``
+        were given) and normalised (``preprocessing.to_model``),
         encoded (posterior mean), noised to the level of step ``n - int(n * strength)`` and
         denoised for the remaining ``int(n * strength)`` steps under the (possibly new) condition.
         ``strength=0`` returns the autoencoder's reconstruction; ``strength=1`` is almost a fresh
-        sample. The returned scans are on the **model grid** (its spacing, size and canonical
-        axial orientation, centred at the origin), not on the input scan's grid.
+        sample. The returned scans are on the **output grid** (``self.grid``: the model's spacing
+        and size unless set, canonical axial orientation, centred at the origin), not on the input
+        scan's grid.
 
         Args:
             scan: the source scan (its dimensionality must match the model's).
@@ -222,8 +255,8 @@ class Synthesizer:
         seeds = _request_seeds(num_samples, seed)
         settings = self._check_settings(sampler, num_inference_steps, guidance_scale, batch_size)
         with torch.inference_mode():
-            x = self.model.preprocessing.to_model(scan).unsqueeze(0).to(self.device)
-            z0 = self.model.encode(x)
+            x = self._work.to_model(scan).unsqueeze(0).to(self.device)
+            z0 = encode_tiled(self.model, x, window=self.decode_window, max_memory=self.max_memory)
         n = len(seeds)
         return self._sample([label] * n, [mod] * n, seeds, settings, z0=z0, strength=strength)
 
@@ -259,7 +292,7 @@ class Synthesizer:
     ) -> list[Scan]:
         model, device, b = self.model, self.device, len(seeds)
         sampler: Sampler = make_sampler(
-            settings["sampler"], model.make_scheduler(), self.kind, settings["steps"], model.latent_shape
+            settings["sampler"], model.make_scheduler(), self.kind, settings["steps"], self.latent_shape
         )
         steps = len(sampler.timesteps)
         # SDEdit runs the last int(n * strength) steps (diffusers' img2img convention).
@@ -268,7 +301,7 @@ class Synthesizer:
         # 1. Per-sample randomness. The initial noise is drawn on the CPU, so it is the same on
         #    every device; step noise (DDPM) needs generators on the device that draws it.
         noise = torch.stack(
-            [torch.randn(model.latent_shape, generator=torch_generator(s, "initial-noise")) for s in seeds]
+            [torch.randn(self.latent_shape, generator=torch_generator(s, "initial-noise")) for s in seeds]
         ).to(device)
         step_gens = [torch_generator(s, "step-noise", device=device) for s in seeds]
         if z0 is None:
@@ -292,27 +325,29 @@ class Synthesizer:
         #    the batch (as MONAI's own inferer does), so it is computed once per step, not per item.
         for i in range(start, steps):
             t = timesteps[i : i + 1]
+            with autocast(device, self.precision):
+                out = self._denoise(torch.cat([z, z]) if guided else z, t, context).float()
             if guided:
-                out_u, out_c = model(torch.cat([z, z]), t, context).chunk(2)
+                out_u, out_c = out.chunk(2)
                 out = out_u + g * (out_c - out_u)
-            else:
-                out = model(z, t, context)
             z = sampler.step(out, i, z, step_gens)
 
-        # 4. Decode and wrap as Scans in modality units on the model grid.
+        # 4. Decode and wrap as Scans in modality units on the output grid.
         x = self._decode(z)
         meta = {"synthetic": True, "source_format": "synthetic", "sampler": sampler.name}
+        if self.grid.fov_extrapolated:
+            meta["fov_extrapolated"] = True
         return [
-            model.preprocessing.from_model(
-                x[j], modalities[j], pathology="|".join(pathologies[j]), seed=seeds[j], **meta
+            to_output_grid(
+                self._work.from_model(x[j], modalities[j], pathology="|".join(pathologies[j]), seed=seeds[j], **meta),
+                self.grid,
+                model,
             )
             for j in range(b)
         ]
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.decode_window is None:
-            return self.model.decode(z)
-        return decode_tiled(self.model.decode, z, window=self.decode_window, overlap=self.decode_overlap)
+        return decode_tiled(self.model, z, window=self.decode_window, max_memory=self.max_memory)
 
     # -- argument checks (all before any work, so nothing is half done) -------------------------
 

@@ -29,6 +29,7 @@ from medsynth.errors import InputError
 from medsynth.io.atomic import atomic_write_text, write_json
 from medsynth.models.artifact import CARD_NAME, save_model
 from medsynth.models.artifact import load_config as load_model_config
+from medsynth.models.fov import FieldOfView
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
 from medsynth.privacy import build_index_for_model
 from medsynth.training import lesion_stage
@@ -101,11 +102,15 @@ def _preprocessing(cfg: TrainConfig, train: Catalog) -> Preprocessing:
     return Preprocessing(len(size), size, tuple(spacing), intensity, float(thickness))
 
 
-def _load(catalog: Catalog, pre: Preprocessing, device: torch.device) -> tuple[torch.Tensor, list, list]:
-    """Every scan on the model grid ``(N, C, *size)``, with its pathologies and modality."""
+def _load(catalog: Catalog, pre: Preprocessing, device: torch.device) -> tuple[torch.Tensor, list, list, list]:
+    """Every scan on the model grid ``(N, C, *size)``, with its pathologies, modality and field of view (mm)."""
     if not len(catalog):
-        return torch.zeros((0, 1, *pre.size), device=device), [], []
-    xs = [pre.to_model(catalog.load(i)) for i in range(len(catalog))]
+        return torch.zeros((0, 1, *pre.size), device=device), [], [], []
+    xs, fovs = [], []
+    for i in range(len(catalog)):
+        scan = catalog.load(i)
+        fovs.append([n * s for n, s in zip(scan.shape, scan.spacing)])
+        xs.append(pre.to_model(scan))
     channels = {x.shape[0] for x in xs}
     if len(channels) > 1:
         raise InputError(f"{catalog.root}: scans have different channel counts {sorted(channels)}; need one")
@@ -113,10 +118,14 @@ def _load(catalog: Catalog, pre: Preprocessing, device: torch.device) -> tuple[t
         torch.stack(xs).to(device),
         [r.pathologies for r in catalog.records],
         [r.modality for r in catalog.records],
+        fovs,
     )
 
 
-def _model_config(cfg: TrainConfig, catalog: Catalog, train: Catalog, pre: Preprocessing, channels: int) -> ModelConfig:
+def _model_config(
+    cfg: TrainConfig, catalog: Catalog, train: Catalog, pre: Preprocessing, channels: int, fovs: list
+) -> ModelConfig:
+    grid_fov = [n * s for n, s in zip(pre.size, pre.spacing)]
     return ModelConfig(
         spatial_dims=pre.spatial_dims,
         in_channels=channels,
@@ -131,6 +140,8 @@ def _model_config(cfg: TrainConfig, catalog: Catalog, train: Catalog, pre: Prepr
         name=cfg.name,
         weights_dtype=cfg.weights_dtype,
         default_guidance_scale=cfg.default_guidance_scale,
+        body_part=cfg.body_part,
+        trained_fov=FieldOfView.of_scans(fovs, grid_fov).to_dict(),
     )
 
 
@@ -160,7 +171,7 @@ def _card(cfg: TrainConfig, model: LatentDiffusionModel, info: dict[str, Any], c
 A latent diffusion model (MONAI AutoencoderKL + DiffusionModelUNet with cross-attention on
 pathology and modality tokens) trained with medsynth {__version__}.
 
-- Dimensions: {model.spatial_dims}D, grid {list(model.preprocessing.size)} at {[round(s, 4) for s in model.preprocessing.spacing]} mm, latent {list(model.latent_shape)}
+- Dimensions: {model.spatial_dims}D, grid {list(model.preprocessing.size)} at {[round(s, 4) for s in model.preprocessing.spacing]} mm, latent {list(model.latent_shape)}; trained fields of view {model.trained_fov.describe()}
 - Pathologies: {", ".join(model.pathologies)}; modalities: {", ".join(model.modalities)}
 - Intensity normalisation: {json.dumps(model.preprocessing.intensity)}
 - Scheduler: {json.dumps(model.config.scheduler)}; latent scale factor {model.scale_factor:.5f}
@@ -268,10 +279,12 @@ def train(
         if lesion_only:
             return _lesion_only(cfg, ctx, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log)
         pre = _preprocessing(cfg, train_cat)
-        train_x, train_p, train_m = _load(train_cat, pre, ctx.device)
-        val_x, val_p, val_m = _load(val_cat, pre, ctx.device)
+        train_x, train_p, train_m, train_fovs = _load(train_cat, pre, ctx.device)
+        val_x, val_p, val_m, _ = _load(val_cat, pre, ctx.device)
         torch.manual_seed(cfg.seed)  # network initialisation: identical on every rank
-        model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1])).to(ctx.device)
+        model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1], train_fovs)).to(
+            ctx.device
+        )
 
         stage1 = build_stage1(model.autoencoder, train_x, val_x, cfg.stage1, run, class_keys(train_p, train_m))
         s1 = run_stage(stage1, run, resume=resume)
