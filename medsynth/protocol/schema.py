@@ -53,13 +53,12 @@ from medsynth.yamlfile import describe_yaml_error, load_yaml
 SCHEMA_VERSIONS: tuple[int, ...] = (1,)
 # Sampler names as the samplers registry spells them (not imported: it needs torch); a test
 # checks that they stay in step. Format names come from the io.formats registry.
-SAMPLER_NAMES: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "rflow")
+SamplerName = Literal["ddpm", "ddim", "dpm++", "rflow"]
+SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
 MAX_GUIDANCE = GUIDANCE_RANGE[1]
 MAX_BATCH = 4096
 MAX_COUNT = 1_000_000  # per quota: a typo such as 10**9 is an error, not an hours-long plan
-
-SamplerName = Literal["ddpm", "ddim", "dpm++", "rflow"]
 
 
 class ProtocolErrors(ErrorLines, ProtocolError):

@@ -5,8 +5,7 @@ Imported lazily so that reading a config does not load the networks.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from medsynth.lazy_import import lazy_getattr
 
 _LAZY = {
     "train": "medsynth.training.pipeline",
@@ -15,9 +14,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medsynth.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
