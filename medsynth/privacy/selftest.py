@@ -73,7 +73,7 @@ def detector_selftest(
     thresholds: dict[str, float],
     feature_config: FeatureConfig,
     search: FeatureSearch,
-    n: int = 12,
+    n: int = 48,
 ) -> dict[str, Any]:
     """Recall over edited copies of up to ``n`` training scans (flagged and matched to the source).
 
