@@ -181,6 +181,10 @@ def _split_parts(real: LabelledScans, synthetic: LabelledScans, cfg: FidelityCon
     return _Parts(enc, real_a, real_b, compared, excluded, in_compared(synthetic), in_compared(real_a.concat(real_b)))
 
 
+# The figures computed on two class-matched sets (reference B against A, or against the synthetic set).
+_TWO_SET = ("fid", "kid", "mmd", "precision", "recall")
+
+
 def _of_class(data: LabelledScans, c: str) -> list[int]:
     """Indices of ``data``'s scans of class ``c``, in order."""
     return [i for i, lab in enumerate(data.labels) if lab == c]
@@ -354,7 +358,7 @@ def _summary_figures(
     overall: dict[str, dict[str, float | None]], judged: dict[str, _Judged], per_class: dict[str, dict]
 ) -> dict[str, dict[str, float | None]]:
     """The ``metrics`` of the report: each figure's synthetic value beside its real baseline."""
-    figures = {name: {k: overall[k][name] for k in overall} for name in ("fid", "kid", "mmd", "precision", "recall")}
+    figures = {name: {k: overall[k][name] for k in overall} for name in _TWO_SET}
     figures["kid_std"] = {k: overall[k]["kid_std"] for k in overall}
     accuracy = {key: _accuracy(j.predicted, j.data.labels) for key, j in judged.items()}
     for part, name in (
@@ -372,22 +376,39 @@ def _summary_figures(
     return figures
 
 
-def _plots(compared: list[str], judged: dict[str, _Judged], figures: dict, out: Path) -> list[str]:
+def _full_resolution(data: LabelledScans, i: int, windows: dict[str, tuple[float, float]]) -> np.ndarray:
+    """Scan ``i`` on its own grid (not resized to ``in_size``), windowed to [0, 1] for display."""
+    lo, hi = windows[data.modalities[i]]
+    return np.clip((np.asarray(data.scans[i].array[:1], dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _plots(parts: _Parts, matched: _Matched, figures: dict, windows: dict, out: Path) -> list[str]:
     """samples.png (up to 6 real and 6 synthetic scans per class) and metrics.png; their file names."""
-    real, syn = judged["real_baseline"], judged["synthetic"]
+    real, syn = parts.held_out, parts.synthetic
     grid_rows = {
         c: (
-            [real.images[i].numpy() for i in _of_class(real.data, c)[:6]],
-            [syn.images[i].numpy() for i in _of_class(syn.data, c)[:6]],
+            [_full_resolution(real, i, windows) for i in _of_class(real, c)[:6]],
+            [_full_resolution(syn, i, windows) for i in _of_class(syn, c)[:6]],
         )
-        for c in compared
+        for c in parts.compared
+    }
+    grid_counts = {c: (len(_of_class(real, c)), len(_of_class(syn, c))) for c in parts.compared}
+    # Two-set figures see the class-matched sets (each compared with reference B of the same
+    # size); one-set figures all held-out real scans and all synthetic ones.
+    n_matched = int(sum(matched.counts.values()))
+    counts = {
+        k: {"synthetic": n_matched, "real_baseline": n_matched}
+        if k in _TWO_SET
+        else {"synthetic": len(syn), "real_baseline": len(real)}
+        for k in figures
     }
     return [
-        plots.sample_grid(grid_rows, out / "samples.png").name,
+        plots.sample_grid(grid_rows, out / "samples.png", counts=grid_counts).name,
         plots.metric_bars(
-            {k: v for k, v in figures.items() if k != "kid_std"},
+            figures,
             out / "metrics.png",
-            title="fidelity: synthetic vs real-vs-real baseline",
+            counts=counts,
+            title="fidelity: synthetic vs real-vs-real baseline (features: medsynth classifier, not Inception)",
         ).name,
     ]
 
@@ -430,7 +451,7 @@ def evaluate_fidelity(
     }
     per_class = {c: _class_figures(c, judged, matched, cfg) for c in parts.compared}
     figures = _summary_figures(overall, judged, per_class)
-    plot_files = _plots(parts.compared, judged, figures, out)
+    plot_files = _plots(parts, matched, figures, windows, out)
 
     report = {
         "kind": "medsynth-fidelity",
