@@ -90,6 +90,7 @@ def privacy_check(
             binomial, alpha 0.01), or with ``strict`` any case is flagged (exit 3). The report
             is written first.
     """
+    from medsynth.privacy.provenance import for_datasets
     from medsynth.privacy.report import write_report
 
     q = check_quantile(quantile, "--quantile")
@@ -116,7 +117,17 @@ def privacy_check(
         "holdout": str(holdout),
         "synthetic": str(synthetic),
     }
-    _, html_path = write_report(out, index=index, synthetic_ids=sy_ids, verdicts=verdicts, settings=settings)
+    # The user holds both sets here: flagged cases are drawn beside the training scans themselves.
+    _, html_path = write_report(
+        out,
+        index=index,
+        synthetic_ids=sy_ids,
+        verdicts=verdicts,
+        settings=settings,
+        synthetic_scans=sy_scans,
+        training_scans=tr_scans,
+        provenance=for_datasets(train_cat.fingerprint(), synthetic),
+    )
     result = {
         "checked": len(verdicts),
         "flagged": n_flagged,

@@ -11,7 +11,6 @@ thumbnails show training lesion maps: the report is as sensitive as the lesion i
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +20,13 @@ import numpy as np
 
 from medsynth.io.atomic import atomic_write_text
 from medsynth.io.scan import Scan
-from medsynth.privacy.calibration import POOLED, flagged_rate_test
+from medsynth.privacy import report_figures as figs
+from medsynth.privacy import report_html as H
+from medsynth.privacy.calibration import flagged_rate_test
 from medsynth.privacy.index import PrivacyIndex, PrivacyVerdict
 from medsynth.privacy.lesions import lesion_maps
-from medsynth.privacy.report import MAX_FLAGGED_SHOWN, _flagged, _flagged_table, _histogram, _sample, _sample_map
+from medsynth.privacy.provenance import ReportProvenance
+from medsynth.privacy.report import MAX_FLAGGED_SHOWN, _flagged, _sample
 from medsynth.privacy.strength import strength_summary, weakness_banner
 
 REPORT_JSON = "lesion_privacy_report.json"
@@ -46,6 +48,7 @@ def write_lesion_report(
     backgrounds: Sequence[str],
     settings: dict[str, Any],
     alpha: float = 0.01,
+    provenance: ReportProvenance | None = None,
 ) -> tuple[Path, Path]:
     """Write the JSON and HTML reports into ``out_dir``; return both paths (atomic writes).
 
@@ -54,11 +57,13 @@ def write_lesion_report(
         index: the lesion index the verdicts came from (``load_lesion_index``).
         case_ids: opaque case ids, in ``verdicts`` order.
         verdicts: ``PrivacyVerdict`` objects or their ``to_dict()`` forms (manifest lines).
-        crops: the checked lesion crops (``lesion_crop``), for the thumbnails of flagged lesions
-            whose verdict carries no aligned map; None: such lesions have only the training one.
+        crops: the checked lesion crops (``lesion_crop``), shown beside each flagged lesion and
+            used for the difference where the verdict carries no aligned map; None: such lesions
+            have only the training lesion's map.
         backgrounds: per case, where its background came from (``"dataset"`` or ``"synthetic"``).
         settings: the gate's settings, shown as given.
         alpha: level of the flagged-rate test.
+        provenance: the provenance block (default: date and version only).
     """
     n = len(verdicts)
     if len(case_ids) != n or len(backgrounds) != n or (crops is not None and len(crops) != n):
@@ -72,6 +77,7 @@ def write_lesion_report(
     rate_p, rate_failed = flagged_rate_test(len(flagged), n, index.quantile, alpha)
     n_dataset = sum(1 for b in backgrounds if str(b) == DATASET_BACKGROUND)
     summary = {
+        "provenance": (provenance or ReportProvenance()).to_dict(),
         "settings": settings,
         "quantile": index.quantile,
         "thresholds": thresholds,
@@ -93,33 +99,52 @@ def write_lesion_report(
     json_path = out / REPORT_JSON
     atomic_write_text(json_path, json.dumps(summary, indent=1, default=float) + "\n")
     shown_at = flagged[:MAX_FLAGGED_SHOWN]
-    maps = None
+    maps: dict[int, np.ndarray] = {}
     if crops is not None and shown_at:
         picked = lesion_maps([crops[i] for i in shown_at], index.feature_config).maps
-        maps = np.zeros((n, *picked.shape[1:]), np.float32)
-        maps[shown_at] = picked
-    shown = {i: _sample_map(verdicts[i], i, maps) for i in shown_at}
-    table = _flagged_table(index, rows, case_ids, shown, True)
-    scores = np.array([r["score"] for r in rows if r.get("nearest")], float)
-    hist = _histogram(
-        [(index.holdout_scores[~index.holdout_empty], "held-out lesion → train"), (scores, "inserted lesion → train")],
-        thresholds[POOLED],
-    )
+        maps = {i: picked[k] for k, i in enumerate(shown_at) if np.any(picked[k])}
+    table = [_row(index, rows, case_ids, i, verdicts[i], maps.get(i), crops) for i in shown_at]
+    hist = figs.distributions(index, rows, "lesion")
     html_path = out / REPORT_HTML
     atomic_write_text(html_path, _page(summary, index, table, hist))
     return json_path, html_path
 
 
-def _page(summary: dict[str, Any], index: PrivacyIndex, flagged_rows: str, hist: str) -> str:
-    esc = html.escape
-    thresholds, tau = summary["thresholds"], summary["thresholds"][POOLED]
+def _row(
+    index: PrivacyIndex,
+    rows: list[dict[str, Any]],
+    case_ids: Sequence[str],
+    i: int,
+    verdict: PrivacyVerdict | dict[str, Any],
+    crop_map: np.ndarray | None,
+    crops: Sequence[Scan] | None,
+) -> str:
+    """One flagged lesion's table row: its crop, the training lesion's stored map and their difference."""
+    r = rows[i]
+    transform = r.get("transform") or {}
+    j = r.get("nearest_index", -1)
+    j = j if isinstance(j, int) and 0 <= j < len(index.train_maps) else -1
+    aligned = verdict.aligned if isinstance(verdict, PrivacyVerdict) else None
+    if aligned is None and crop_map is not None:
+        aligned = figs.align(crop_map, transform, index.feature_config.grid)
+    panels = figs.case_panels(
+        synthetic=crops[i] if crops is not None else None,
+        synthetic_map=aligned,
+        training=None,
+        training_map=index.train_maps[j] if j >= 0 else None,
+        transform=transform,
+        cfg=index.feature_config,
+    )
+    image = figs.case_figure(panels) if panels else ""
+    return H.flagged_row(str(case_ids[i]), r, figs.describe_transform(transform, index.spatial_dims), image)
+
+
+def _page(summary: dict[str, Any], index: PrivacyIndex, flagged_rows: list[str], hist: tuple[str, list[str]]) -> str:
+    esc = H.esc
+    hist_png, titles = hist
+    panels = "; ".join(f"({k + 1}) {esc(t)}" for k, t in enumerate(titles))
     rate = summary["flagged_rate_test"]
     st = index.selftest or {}
-    groups = "".join(
-        f"<tr><td>{esc(g)}</td><td>{s['train']}</td><td>{s['holdout']}</td>"
-        f"<td>{thresholds.get(g, tau):.4f}{'' if g in thresholds else ' (pooled)'}</td></tr>"
-        for g, s in summary["group_sizes"].items()
-    )
     verdict = "significantly above" if rate["significantly_above_expected"] else "consistent with"
     note = (
         f"<p><b>{esc(summary['dataset_backgrounds_note'], quote=False)}</b></p>"
@@ -131,24 +156,53 @@ def _page(summary: dict[str, Any], index: PrivacyIndex, flagged_rows: str, hist:
         if summary["n_flagged"] > MAX_FLAGGED_SHOWN
         else ""
     )
+    images_note = (
+        "Each lesion: its crop as inserted (where the run kept it), the stored map of its nearest training lesion "
+        "(the lesion index holds maps, not images) and the difference of the two maps after the matched transform, "
+        "in standard deviations (white: equal)."
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>medsynth lesion privacy report</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-table{{border-collapse:collapse}}</style></head><body>
+{H.STYLE}</head><body>
 <h1>Lesion privacy report: inserted lesions against the training lesions</h1>
+{H.sensitivity_notice(H.SHOWS_MAPS if flagged_rows else H.SHOWS_NONE_FLAGGED, "training lesions")}
 {weakness_banner(summary["strength"])}
-<p>{summary["n_checked"]} inserted lesions checked; <b>{summary["n_flagged"]} flagged</b> ({summary["share_flagged"]:.1%}),
+{H.provenance_block(summary["provenance"])}
+<h2>Result</h2>
+<p>{summary["n_checked"]} inserted lesions checked; <b>{summary["n_flagged"]} flagged</b> ({
+        summary["share_flagged"]:.1%}),
 {verdict} the {1 - index.quantile:.1%} expected of new lesions (one-sided binomial p = {rate["pvalue"]:.3g},
 α = {rate["alpha"]}).</p>{note}
+{H.why(H.rate_sentence(summary["n_flagged"], summary["n_checked"], index.quantile, rate, "lesions"))}
 <p>Each lesion is compared by itself: everything outside its mask is set to the lesion's mean before its
 map is made, so its surroundings cannot decide. τ is the {index.quantile} quantile of the best similarity of
 held-out lesions (from scans the model never saw) to the training lesions, per group with at least
 {index.min_group_size} held-out lesions, pooled otherwise.</p>
 <h2>Settings and thresholds</h2><pre>{esc(json.dumps(summary["settings"], indent=1, default=str))}</pre>
-<table><tr><th>group</th><th>training lesions</th><th>held-out lesions</th><th>τ</th></tr>{groups}</table>
-<h2>Scores against τ</h2><img src="{hist}">
+{H.group_rows(summary, "training lesions", "held-out lesions")}
+<h2>Scores against τ</h2>
+<p>One panel per group with its own τ, and one for the groups judged by the pooled τ, top to bottom: {panels}.
+Each series is drawn as the share of its own lesions per bin; the dashed line is the τ that applies.</p>
+<img src="{hist_png}" alt="histograms of lesion similarity scores with τ: {panels}">
+{
+        H.why(
+            "Interpretation: inserted lesions of a model that does not copy score like the held-out lesions; "
+            "inserted-lesion mass right of τ beyond the held-out share means copied training lesions."
+        )
+    }
 <h2>Flagged lesions, beside their nearest training lesion</h2>
-<table><tr><th>case</th><th>score</th><th>τ</th><th>group</th><th>nearest training lesion</th><th></th></tr>
-{flagged_rows or "<tr><td colspan=6>none</td></tr>"}</table>{more}
-<h2>Detector self-test</h2><p>Recall on {st.get("planted", 0)} planted copies (exact, flipped, turned, noisy) of
-{st.get("sources", "?")} training lesions: <b>{st.get("recall", float("nan")):.1%}</b>.</p>
+{H.flagged_table(flagged_rows, "nearest training lesion", images_note)}{more}
+{
+        H.why(
+            "Interpretation: a flagged lesion is withheld (its case resampled, dropped or the run fails, per the "
+            "settings); a near-blank difference means a copied training lesion."
+        )
+    }
+<h2>Detector self-test</h2>{H.selftest_line(st, "training lesions")}
+{H.selftest_rows(st.get("per_edit", {}))}
+{
+        H.why(
+            "Interpretation: the share of known copies the lesion gate caught; under 90% on an edit means copies "
+            "edited that way can pass (the index is weak)."
+        )
+    }
 </body></html>"""

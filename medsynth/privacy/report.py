@@ -1,81 +1,46 @@
 """``privacy_report.json`` and ``privacy_report.html``: what an ethics board reads.
 
-The HTML is one self-contained file (plots and thumbnails are inline PNG data URIs). Both
-files carry the settings, tau and the group sizes; the flagged share against the ``1 - q``
-expected of new scans and its binomial test; the share of training scans matched; the
-closer-to-train test; near duplicates inside the training set; the detector's self-test; and
-one entry per sample (``case_id``, ``flagged``, ``score``, ``nearest``, ...).
+The HTML is one self-contained file (plots and images are inline PNG data URIs). It opens with
+the provenance (date, medsynth version, model and index digests, protocol, training-set
+fingerprint: ``provenance.py``) and a notice of what it holds, then the settings, tau and the
+group sizes; the flagged share against the ``1 - q`` expected of new scans and its binomial test;
+the score histograms, per group where a group has its own tau; the closer-to-train test; every
+flagged case as the synthetic scan, its nearest training scan and their difference, with the
+matched transform, score, tau, SSIM and p-value; near duplicates inside the training set, each
+pair once, with the count expected by chance; and the detector's self-test. Each test has one
+sentence saying what its outcome means. The JSON holds the same figures and one entry per sample
+(``case_id``, ``flagged``, ``score``, ``nearest``, ...).
 
-The thumbnails of flagged cases show the matched training scan's feature map (a blurred,
-standardised 32x32 view): with ``training_thumbnails=True`` the report is as sensitive as the
-privacy index. Pass False for a report that travels with a released data set.
+Images of training scans appear only where the caller holds them (``training_scans``:
+``medsynth privacy-check``); a protocol run has only the model's index, whose feature maps are
+then shown (and named so). With ``training_thumbnails=True`` the report is as sensitive as the
+training data; pass False for a report that travels with a released data set.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medsynth.io.atomic import atomic_write_text
-from medsynth.privacy.calibration import POOLED, closer_to_train_test, flagged_rate_test
-from medsynth.privacy.features import display_image
+from medsynth.io.scan import Scan
+from medsynth.privacy import report_figures as figs
+from medsynth.privacy import report_html as H
+from medsynth.privacy.calibration import closer_to_train_test, flagged_rate_test, group_for
 from medsynth.privacy.index import PrivacyIndex, PrivacyVerdict
+from medsynth.privacy.provenance import ReportProvenance
 from medsynth.privacy.strength import strength_summary, weakness_banner
 
 REPORT_JSON = "privacy_report.json"
 REPORT_HTML = "privacy_report.html"
 MAX_FLAGGED_SHOWN = 50
 
-
-def _figure(**kw: Any) -> Any:
-    # A Figure outside pyplot: no global backend switch, so a notebook keeps its inline plots.
-    from matplotlib.figure import Figure
-
-    return Figure(**kw)
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _histogram(series: list[tuple[np.ndarray, str]], tau: float) -> str:
-    fig = _figure(figsize=(7, 3.2))
-    ax = fig.subplots()
-    lo = min([0.5] + [float(np.min(s)) for s, _ in series if len(s)])
-    bins = np.linspace(max(-1.0, lo - 0.02), 1.0, 61)
-    for scores, label in series:
-        if len(scores):
-            ax.hist(
-                np.clip(scores, bins[0], bins[-1]),
-                bins=bins,
-                alpha=0.5,
-                density=True,
-                label=f"{label} (n={len(scores)})",
-            )
-    ax.axvline(tau, color="k", ls="--", label=f"τ (pooled) = {tau:.3f}")
-    ax.set_xlabel("best similarity (max NCC over the edit envelope)")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def _pair(a: np.ndarray | None, b: np.ndarray | None) -> str:
-    panels = [(img, t) for img, t in ((a, "synthetic"), (b, "nearest training")) if img is not None]
-    fig = _figure(figsize=(1.7 * len(panels), 1.8))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (img, title) in zip(axes[0], panels):
-        ax.imshow(display_image(img), cmap="gray")
-        ax.set_title(title, fontsize=7)
-        ax.axis("off")
-    return _png(fig)
+# Training scans by their position in the index (a sequence, e.g. a lazy catalog, or a function).
+TrainingScans = Sequence[Scan] | Callable[[int], Scan]
 
 
 def write_report(
@@ -86,6 +51,9 @@ def write_report(
     verdicts: Sequence[PrivacyVerdict | dict[str, Any]],
     settings: dict[str, Any],
     synthetic_maps: np.ndarray | None = None,
+    synthetic_scans: Sequence[Scan | None] | None = None,
+    training_scans: TrainingScans | None = None,
+    provenance: ReportProvenance | None = None,
     near_duplicate_limit: int = 20,
     training_thumbnails: bool = True,
     alpha: float = 0.01,
@@ -98,25 +66,45 @@ def write_report(
         synthetic_ids: case ids (or paths) of the checked samples, in ``verdicts`` order.
         verdicts: ``PrivacyVerdict`` objects or their ``to_dict()`` forms (e.g. manifest lines).
         settings: the gate's settings (quantile, on_flag, ...), shown as given.
-        synthetic_maps: feature maps of the samples for the thumbnails of flagged cases, used
-            when a verdict does not carry its aligned map (dict verdicts).
+        synthetic_maps: feature maps of the samples (not aligned), used for flagged cases whose
+            verdict carries no aligned map and that have no scan in ``synthetic_scans``.
+        synthetic_scans: the samples themselves, in ``verdicts`` order (None where absent); only
+            flagged positions are read, so a lazy sequence costs nothing for the rest.
+        training_scans: the training scans in index order, where the caller holds them; each
+            flagged case is then drawn beside its nearest training scan and their difference.
+        provenance: the provenance block (default: date and version only, the rest "not recorded").
         near_duplicate_limit: most training near-duplicate pairs listed.
-        training_thumbnails: show the matched training scan next to each flagged case.
+        training_thumbnails: show the nearest training scan (or its map) beside each flagged case.
         alpha: level of the flagged-rate test.
     """
     out = Path(out_dir)
     if len(synthetic_ids) != len(verdicts):
         raise ValueError(f"write_report: {len(synthetic_ids)} ids for {len(verdicts)} verdicts")
+    prov = provenance or ReportProvenance()
     rows = [v.to_dict() if isinstance(v, PrivacyVerdict) else dict(v) for v in verdicts]
     summary = _summary(index, synthetic_ids, rows, settings, near_duplicate_limit, alpha)
+    summary = {"provenance": prov.to_dict(), **summary}
     json_path = out / REPORT_JSON
     atomic_write_text(json_path, json.dumps(summary, indent=1, default=float) + "\n")
-    shown = {i: _sample_map(verdicts[i], i, synthetic_maps) for i in _flagged(rows)[:MAX_FLAGGED_SHOWN]}
-    table = _flagged_table(index, rows, synthetic_ids, shown, training_thumbnails)
-    html_path = out / REPORT_HTML
-    atomic_write_text(
-        html_path, _page(summary, index, table, _distributions(index, rows, summary["thresholds"][POOLED]))
+    shown = _flagged(rows)[:MAX_FLAGGED_SHOWN]
+    table = flagged_rows(
+        index,
+        rows,
+        synthetic_ids,
+        shown,
+        aligned=[_aligned(verdicts[i], rows[i], i, synthetic_maps, index) for i in shown],
+        synthetic_scans=[synthetic_scans[i] if synthetic_scans is not None else None for i in shown],
+        training_scans=training_scans if training_thumbnails else None,
+        training_thumbnails=training_thumbnails,
     )
+    if not training_thumbnails:
+        shows = H.SHOWS_NONE_OFF
+    elif not shown:
+        shows = H.SHOWS_NONE_FLAGGED
+    else:
+        shows = H.SHOWS_SCANS if training_scans is not None else H.SHOWS_MAPS
+    html_path = out / REPORT_HTML
+    atomic_write_text(html_path, _page(summary, index, table, figs.distributions(index, rows), shows))
     return json_path, html_path
 
 
@@ -149,6 +137,9 @@ def _summary(
         len(index.train_ids),
         len(index.holdout_groups),
     )
+    searched = len(index.train_self_scores)
+    above = _self_taus(index) < index.train_self_scores
+    pairs = _near_duplicates(index)
     return {
         "settings": settings,
         "quantile": index.quantile,
@@ -165,30 +156,53 @@ def _summary(
         "unique_training_matched_by_flagged": len(nearest_flagged),
         "share_training_matched_by_flagged": len(nearest_flagged) / max(1, len(index.train_ids)),
         "closer_to_train_test": closer,
-        "train_near_duplicates": _near_duplicates(index, thresholds[POOLED], near_duplicate_limit),
-        "train_pairs_searched": len(index.train_self_scores),
+        "train_near_duplicates": pairs[:near_duplicate_limit],
+        "train_near_duplicate_pairs": len(pairs),
+        "train_pairs_searched": searched,
+        "train_scans_above_tau": int(np.count_nonzero(above)),
+        # Without duplicates a training scan's nearest other scan is as alike as a new scan's
+        # nearest training scan, so about 1 - q of the searched scans exceed tau by chance.
+        "train_scans_above_tau_expected": (1.0 - index.quantile) * searched,
+        "train_duplicates_test": dict(
+            zip(
+                ("pvalue", "significantly_above_expected"),
+                flagged_rate_test(int(np.count_nonzero(above)), searched, index.quantile, alpha),
+            )
+        ),
         "selftest": index.selftest,
         "strength": strength_summary(index.strength(), (r.get("group", "") for r in rows), settings),
         "samples": [_sample(sid, r) for sid, r in zip(synthetic_ids, rows)],
     }
 
 
-def _near_duplicates(index: PrivacyIndex, tau: float, limit: int) -> list[dict[str, Any]]:
-    """Training pairs more alike than the pooled tau, most alike first (at most ``limit``)."""
-    return [
-        {
-            "a": index.train_ids[int(index.train_self_query[i])],
-            "b": index.train_ids[int(index.train_self_nearest[i])],
-            "score": float(index.train_self_scores[i]),
-        }
-        for i in np.argsort(-index.train_self_scores)
-        if index.train_self_scores[i] > tau
-    ][:limit]
+def _self_taus(index: PrivacyIndex) -> np.ndarray:
+    """The tau of each searched training scan's group (its own, or the pooled one)."""
+    table = index.thresholds()
+    return np.array([table[group_for(index.train_groups[int(q)], table)] for q in index.train_self_query], float)
+
+
+def _near_duplicates(index: PrivacyIndex) -> list[dict[str, Any]]:
+    """Training pairs more alike than the tau of the searched scan's group, most alike first, each pair once.
+
+    A pair that are each other's nearest is found from both ends: it is listed once.
+    """
+    seen: set[frozenset[int]] = set()
+    out = []
+    taus = _self_taus(index)
+    for i in np.argsort(-index.train_self_scores, kind="stable"):
+        if index.train_self_scores[i] <= taus[i]:
+            continue
+        a, b = int(index.train_self_query[i]), int(index.train_self_nearest[i])
+        if frozenset((a, b)) in seen:
+            continue
+        seen.add(frozenset((a, b)))
+        out.append({"a": index.train_ids[a], "b": index.train_ids[b], "score": float(index.train_self_scores[i])})
+    return out
 
 
 def _sample(case_id: str, row: dict[str, Any]) -> dict[str, Any]:
     """One checked case as the JSON lists it."""
-    extra = ("threshold", "pvalue", "ratio", "ssim", "group", "group_used", "closer_to_train")
+    extra = ("threshold", "pvalue", "ratio", "ssim", "group", "group_used", "closer_to_train", "transform")
     return {
         "case_id": str(case_id),
         "flagged": not row["passed"],
@@ -198,102 +212,194 @@ def _sample(case_id: str, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- flagged cases --------------------------------------------------------------------------
+
+
+def _aligned(
+    verdict: PrivacyVerdict | dict[str, Any],
+    row: dict[str, Any],
+    i: int,
+    synthetic_maps: np.ndarray | None,
+    index: PrivacyIndex,
+) -> np.ndarray | None:
+    """Case ``i``'s map in its nearest training scan's frame: the verdict's, else its row of
+    ``synthetic_maps`` warped by the matched transform."""
+    if isinstance(verdict, PrivacyVerdict) and verdict.aligned is not None and np.any(verdict.aligned):
+        return verdict.aligned
+    if synthetic_maps is None or not np.any(synthetic_maps[i]):  # the runner passes zeros for cases it has no map of
+        return None
+    return figs.align(synthetic_maps[i], row.get("transform") or {}, index.feature_config.grid)
+
+
+def _training_scan(training_scans: TrainingScans | None, j: int) -> Scan | None:
+    if training_scans is None or j < 0:
+        return None
+    return training_scans(j) if callable(training_scans) else training_scans[j]
+
+
+def flagged_rows(
+    index: PrivacyIndex,
+    rows: list[dict[str, Any]],
+    ids: Sequence[str],
+    shown: Sequence[int],
+    *,
+    aligned: Sequence[np.ndarray | None],
+    synthetic_scans: Sequence[Scan | None],
+    training_scans: TrainingScans | None,
+    training_thumbnails: bool,
+) -> list[str]:
+    """The table rows of the cases at positions ``shown``, each with its side-by-side figure."""
+    id_to_index = {tid: k for k, tid in enumerate(index.train_ids)}
+    out = []
+    for i, amap, scan in zip(shown, aligned, synthetic_scans, strict=True):
+        r = rows[i]
+        j = id_to_index.get(r.get("nearest", ""), -1)
+        train_scan = _training_scan(training_scans, j)
+        train_map = index.train_maps[j] if (training_thumbnails and j >= 0) else None
+        panels = figs.case_panels(
+            synthetic=scan,
+            synthetic_map=amap,
+            training=train_scan,
+            training_map=train_map,
+            transform=r.get("transform") or {},
+            cfg=index.feature_config,
+        )
+        image = figs.case_figure(panels) if panels else ""
+        text = figs.describe_transform(r.get("transform") or {}, index.spatial_dims)
+        out.append(H.flagged_row(str(ids[i]), r, text, image))
+    return out
+
+
 # -- the HTML page --------------------------------------------------------------------------
 
 
-def _sample_map(
-    verdict: PrivacyVerdict | dict[str, Any], i: int, synthetic_maps: np.ndarray | None
-) -> np.ndarray | None:
-    """The map shown for case ``i``: its aligned map, else its row of ``synthetic_maps``."""
-    aligned = verdict.aligned if isinstance(verdict, PrivacyVerdict) else None
-    shown = aligned if aligned is not None else (synthetic_maps[i] if synthetic_maps is not None else None)
-    # The runner passes zeros for cases it has no map of.
-    return shown if shown is not None and np.any(shown) else None
-
-
-def _flagged_table(
+def _page(
+    summary: dict[str, Any],
     index: PrivacyIndex,
-    rows: list[dict[str, Any]],
-    synthetic_ids: Sequence[str],
-    shown: dict[int, np.ndarray | None],
-    training_thumbnails: bool,
+    flagged_rows_html: list[str],
+    hist: tuple[str, list[str]],
+    shows: str,
 ) -> str:
-    """Table rows of the cases at the positions ``shown``, each with its map (None: no thumbnail)."""
-    esc = html.escape
-    id_to_index = {tid: i for i, tid in enumerate(index.train_ids)}
-    cells = []
-    for i, left in shown.items():
-        r = rows[i]
-        j = id_to_index.get(r.get("nearest", ""), -1)
-        right = index.train_maps[j] if (training_thumbnails and j >= 0) else None
-        img = f'<img src="{_pair(left, right)}">' if (left is not None or right is not None) else ""
-        cells.append(
-            f"<tr><td>{esc(str(synthetic_ids[i]))}</td><td>{r['score']:.4f}</td><td>{r['threshold']:.4f}</td>"
-            f"<td>{esc(str(r.get('group_used', '')))}</td><td>{esc(str(r.get('nearest', '')))}</td><td>{img}</td></tr>"
-        )
-    return "".join(cells)
-
-
-def _distributions(index: PrivacyIndex, rows: list[dict[str, Any]], tau: float) -> str:
-    """The histogram of holdout, synthetic (with a body) and train->train similarities."""
-    scores = np.array([r["score"] for r in rows], float)
-    return _histogram(
-        [
-            (index.holdout_scores[~index.holdout_empty], "holdout → train"),
-            (scores[[bool(r.get("nearest")) for r in rows]] if rows else scores, "synthetic → train"),
-            (index.train_self_scores, "train → train (nearest other)"),
-        ],
-        tau,
-    )
-
-
-def _page(summary: dict[str, Any], index: PrivacyIndex, flagged_rows: str, hist: str) -> str:
     """The self-contained HTML report: ``summary`` in words, tables and plots."""
-    esc = html.escape
-    thresholds, tau = summary["thresholds"], summary["thresholds"][POOLED]
+    esc = H.esc
     rate, closer = summary["flagged_rate_test"], summary["closer_to_train_test"]
     st = index.selftest or {}
-    group_rows = "".join(
-        f"<tr><td>{esc(g)}</td><td>{s['train']}</td><td>{s['holdout']}</td>"
-        f"<td>{thresholds.get(g, tau):.4f}{'' if g in thresholds else ' (pooled)'}</td></tr>"
-        for g, s in summary["group_sizes"].items()
+    q = index.quantile
+    dups = summary["train_near_duplicates"]
+    dup_items = (
+        "".join(
+            f"<tr><td>{esc(d['a'])}</td><td>{esc(d['b'])}</td><td class='msr-num'>{d['score']:.4f}</td></tr>"
+            for d in dups
+        )
+        or "<tr><td colspan=3>none</td></tr>"
     )
-    dups = (
-        "".join(f"<li>{esc(d['a'])} ~ {esc(d['b'])} ({d['score']:.3f})</li>" for d in summary["train_near_duplicates"])
-        or "<li>none</li>"
-    )
-    per_edit = "".join(f"<tr><td>{esc(k)}</td><td>{v:.0%}</td></tr>" for k, v in st.get("per_edit", {}).items())
+    above, expected = summary["train_scans_above_tau"], summary["train_scans_above_tau_expected"]
     verdict_line = (
-        f"<b style='color:#a00'>significantly above</b> the {1 - index.quantile:.1%} expected of new scans"
+        f"<b style='color:#a00'>significantly above</b> the {1 - q:.1%} expected of new scans"
         if rate["significantly_above_expected"]
-        else f"consistent with the {1 - index.quantile:.1%} expected of new scans"
+        else f"consistent with the {1 - q:.1%} expected of new scans"
+    )
+    closer_why = (
+        "Interpretation: synthetic scans sit nearer the training scans than new real scans do, more often than "
+        "chance allows: a sign of memorization even where no single case exceeds τ."
+        if closer["pvalue"] < rate["alpha"]
+        else "Interpretation: synthetic scans are no nearer the training set than new real scans would be: no sign "
+        "of memorization by this test."
+    )
+    images_note = {
+        H.SHOWS_SCANS: "Each case: the synthetic scan and its nearest training scan as stored (CT in the "
+        f"{figs.CT_WINDOW[0]}, MR from the 1st to the 99th percentile; a volume's middle axial slice), and their "
+        "difference after the matched transform, in body standard deviations (white: equal; red: synthetic "
+        "brighter; blue: darker). A near-white difference means the synthetic scan is a copy of that training scan.",
+        H.SHOWS_MAPS: "Each case: the synthetic scan as generated and, for its nearest training scan, the feature "
+        "map that the model's privacy index stores (it holds no training images); the difference is of the two "
+        "feature maps after the matched transform, in body standard deviations (white: equal). To see the training "
+        "scans themselves, run <code>medsynth privacy-check</code> where the training data is at hand.",
+        H.SHOWS_NONE_OFF: "Training scans are not shown (written with <code>training_thumbnails=False</code>); "
+        "each case is listed with its nearest training scan's id.",
+    }.get(shows, "")
+    hist_png, hist_titles = hist
+    dup_test = summary["train_duplicates_test"]
+    dup_why = (
+        f"Interpretation: {above} training scans above τ where about {expected:.1f} are expected is significantly "
+        f"more than chance (binomial p = {dup_test['pvalue']:.3g}): the training set holds duplicated files or "
+        "several scans of one patient (neighbouring slices); de-duplicate it and split by patient before training. "
+        "These are real training scans, not synthetic output."
+        if dup_test["significantly_above_expected"]
+        else f"Interpretation: {above} training scans above τ where about {expected:.1f} are expected is within "
+        f"chance (binomial p = {dup_test['pvalue']:.3g}): no sign of duplicated training scans. These are real "
+        "training scans, not synthetic output."
+    )
+    panels = "; ".join(f"({k + 1}) {esc(t)}" for k, t in enumerate(hist_titles))
+    more = (
+        f"<p>(first {MAX_FLAGGED_SHOWN} shown; all are in the JSON)</p>"
+        if summary["n_flagged"] > MAX_FLAGGED_SHOWN
+        else ""
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>medsynth privacy report</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 6px}}
-table{{border-collapse:collapse}}</style></head><body>
+{H.STYLE}</head><body>
 <h1>Privacy report: memorization check</h1>
+{H.sensitivity_notice(shows)}
 {weakness_banner(summary["strength"])}
-<p>{summary["n_checked"]} synthetic cases checked; <b>{summary["n_flagged"]} flagged</b> ({summary["share_flagged"]:.1%}),
-{verdict_line} (one-sided binomial p = {rate["pvalue"]:.3g}, α = {rate["alpha"]}). Unique training scans that are some case's
-nearest: {summary["unique_training_matched"]} of {len(index.train_ids)} ({summary["share_training_matched"]:.1%}); matched by flagged
+{H.provenance_block(summary["provenance"])}
+<h2>Result</h2>
+<p>{summary["n_checked"]} synthetic cases checked; <b>{summary["n_flagged"]} flagged</b> ({
+        summary["share_flagged"]:.1%}),
+{verdict_line} (one-sided binomial p = {rate["pvalue"]:.3g}, α = {
+        rate["alpha"]
+    }). Unique training scans that are some case's
+nearest: {summary["unique_training_matched"]} of {len(index.train_ids)} ({
+        summary["share_training_matched"]:.1%}); matched by flagged
 cases: {summary["unique_training_matched_by_flagged"]} ({summary["share_training_matched_by_flagged"]:.1%}).
 {summary["n_without_body"]} cases had no body to compare (constant images; never flagged).</p>
+{H.why(H.rate_sentence(summary["n_flagged"], summary["n_checked"], q, rate, "scans"))}
 <h2>Settings and thresholds</h2><pre>{esc(json.dumps(summary["settings"], indent=1, default=str))}</pre>
-<p>τ is the {index.quantile} quantile of the best similarity of holdout scans (never seen by the model) to
-the training set, per group with at least {index.min_group_size} holdout scans, pooled otherwise. A case is
-flagged when its best similarity to a training scan exceeds τ.</p>
-<table><tr><th>group</th><th>train</th><th>holdout</th><th>τ</th></tr>{group_rows}</table>
-<h2>Similarity distributions</h2><img src="{hist}">
+<p>τ is the {q} quantile of the best similarity of holdout scans (never seen by the model, other patients) to
+the training set, per group (pathology/modality) with at least {index.min_group_size} holdout scans with a body,
+pooled over all holdout scans otherwise. A case is flagged when its best similarity to a training scan exceeds
+the τ of its group; a new scan is flagged with probability about {1 - q:.1%}.</p>
+{H.group_rows(summary)}
+<h2>Similarity distributions</h2>
+<p>One panel per group with its own τ, and one for the groups judged by the pooled τ, top to bottom: {panels}.
+Each series is drawn as the share of its own scans per bin, so sets of different sizes compare; the dashed line is
+the τ that applies.</p>
+<img src="{hist_png}" alt="histograms of holdout, synthetic and training similarity scores with τ: {panels}">
+{
+        H.why(
+            "Interpretation: a model that does not copy gives a synthetic curve that lies within or left of the "
+            "holdout curve; synthetic mass right of τ beyond the holdout's own share means near copies."
+        )
+    }
 <h2>Closer to train than to holdout</h2><p>{closer["n_closer"]} of {closer["n"]} cases are more similar to
-their nearest training scan than to their nearest holdout scan (share {closer["share"]:.3f}; expected for a
-model that does not memorize: {closer["p0"]:.3f}, the training set's share of all real scans); one-sided
-binomial p-value {closer["pvalue"]:.3g}.</p>
-<h2>Flagged cases</h2><table><tr><th>case</th><th>score</th><th>τ</th><th>group</th><th>nearest training scan</th><th></th></tr>
-{flagged_rows or "<tr><td colspan=6>none</td></tr>"}</table>
-{"<p>(first " + str(MAX_FLAGGED_SHOWN) + " shown; all are in the JSON)</p>" if summary["n_flagged"] > MAX_FLAGGED_SHOWN else ""}
-<h2>Near duplicates inside the training set</h2><p>Pairs above τ among {summary["train_pairs_searched"]} training
-scans searched against the rest:</p><ul>{dups}</ul>
-<h2>Detector self-test</h2><p>Recall on {st.get("planted", 0)} planted, edited copies of {st.get("sources", "?")}
-training scans: <b>{st.get("recall", float("nan")):.1%}</b> (flagged and matched to the right source).</p>
-<table><tr><th>edit</th><th>recall</th></tr>{per_edit}</table>
+their nearest training scan than to their nearest holdout scan (share {closer["share"]:.3f}). A scan from the
+population is nearest to a training scan with probability p0 = {closer["p0"]:.3f}, the training set's share of all
+real scans ({len(index.train_ids)} of {len(index.train_ids) + len(index.holdout_groups)}); one-sided binomial
+p-value {closer["pvalue"]:.3g}.</p>
+{H.why(closer_why)}
+<h2>Flagged cases</h2>
+{H.flagged_table(flagged_rows_html, image_note=images_note)}{more}
+{
+        H.why(
+            "Interpretation: a flagged case is withheld from the output (resampled, dropped or the run fails, per "
+            "the settings); a score far above τ with a high SSIM and a near-blank difference is a copy."
+        )
+    }
+<h2>Near duplicates inside the training set</h2><p>{summary["train_pairs_searched"]} training scans were searched
+against the rest of the training set; {above} of them have a nearest other training scan above the τ of their
+group (the table above). They make {summary["train_near_duplicate_pairs"]} distinct pairs{
+        f" (the {len(dups)} most alike listed)" if len(dups) < summary["train_near_duplicate_pairs"] else ""
+    }; a pair whose scans are each other's nearest is found from both ends and listed once. Expected by chance for a
+set without duplicates: about {expected:.1f} of the {summary["train_pairs_searched"]} searched scans above τ (a
+training scan's nearest other scan is as alike as a new scan's nearest training scan, so 1 − q = {1 - q:.1%} of them
+exceed τ by chance).</p>
+<table><tr><th>training scan</th><th>its near duplicate</th><th>score</th></tr>{dup_items}</table>
+{H.why(dup_why)}
+<h2>Detector self-test</h2>{H.selftest_line(st, "training scans")}
+{H.selftest_rows(st.get("per_edit", {}))}
+{
+        H.why(
+            "Interpretation: the share of known copies the gate caught, per kind of edit; under 90% on an edit means "
+            "copies edited that way can pass this gate (the index is weak)."
+        )
+    }
 </body></html>"""

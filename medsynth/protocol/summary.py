@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsynth.io.atomic import atomic_write_text, write_json
 from medsynth.io.scan import Scan
@@ -29,6 +29,9 @@ from medsynth.protocol.manifest import (
 from medsynth.protocol.plan import RunPlan
 from medsynth.protocol.plan_grid import GridPlan
 from medsynth.protocol.state import DATASET, LABELS, LESION_REPORT, PRIVACY_REPORT, SUMMARY, OutputFolder
+
+if TYPE_CHECKING:
+    from medsynth.privacy.provenance import ReportProvenance
 
 
 @dataclass
@@ -81,10 +84,10 @@ def finalize(
         gate = gate or Gate(plan.model.path, p.privacy, plan.weak_indexes)
         privacy = judge(p.privacy, gate, records, rejected, gate_failure)
         if any(q.insert is None or q.insert.into != "dataset" for q in plan.quotas):
-            privacy["report"] = _write_privacy_report(plan, gate, records, rejected, redraw)
+            privacy["report"] = _write_privacy_report(plan, gate, records, rejected, redraw, folder.model_sha)
         if any(q.insert is not None for q in plan.quotas):
             privacy.setdefault("lesions", {"checked": 0, "flagged": 0})["report"] = _write_lesion_report(
-                plan, gate, records, rejected
+                plan, gate, records, rejected, folder.model_sha
             )
     else:
         privacy = {"gate": False, "note": "privacy gate off (privacy.gate: false): cases were not checked"}
@@ -160,8 +163,15 @@ def _write_privacy_report(
     records: list[ManifestRecord],
     rejected: list[RejectedRecord],
     redraw: Callable[[RejectedRecord], Scan],
+    model_sha: str,
 ) -> str:
-    """``privacy_report.{json,html}`` of every checked sample; returns the HTML file's name."""
+    """``privacy_report.{json,html}`` of every checked sample; returns the HTML file's name.
+
+    Flagged samples are never written, so they are drawn again from their recorded seeds (one at
+    a time: equal to the flagged sample up to float rounding) to be shown beside the feature map
+    of their nearest training scan.
+    """
+    from medsynth.models.artifact import PRIVACY_DIR
     from medsynth.privacy.report import write_report
 
     # Whole-image checks only: dataset backgrounds were not checked, flagged lesions are in the lesion report.
@@ -176,13 +186,14 @@ def _write_privacy_report(
         synthetic_ids=[e[0] for e in entries],
         verdicts=[e[1] for e in entries],
         settings=plan.protocol.privacy.model_dump(),
-        synthetic_maps=_flagged_maps(gate, len(checked), flagged, redraw),
+        synthetic_scans=[None] * len(checked) + [redraw(r) for r in flagged],
+        provenance=_provenance(plan, model_sha, PRIVACY_DIR),
     )
     return Path(html).name
 
 
 def _write_lesion_report(
-    plan: RunPlan, gate: Gate, records: list[ManifestRecord], rejected: list[RejectedRecord]
+    plan: RunPlan, gate: Gate, records: list[ManifestRecord], rejected: list[RejectedRecord], model_sha: str
 ) -> str:
     """``lesion_privacy_report.{json,html}`` of every checked inserted lesion; returns the HTML file's name.
 
@@ -190,6 +201,7 @@ def _write_lesion_report(
     (their own crops are not redrawn).
     """
     from medsynth.privacy.lesion_report import write_lesion_report
+    from medsynth.privacy.lesions import LESION_INDEX_DIR
 
     checked = [r for r in records if r.lesion_privacy and r.lesion_privacy.get("gate")]
     flagged = [r for r in rejected if r.kind == LESION]
@@ -204,35 +216,30 @@ def _write_lesion_report(
         backgrounds=[e[2] for e in entries],
         settings=plan.protocol.privacy.model_dump(),
         alpha=plan.protocol.privacy.alpha,
+        provenance=_provenance(plan, model_sha, LESION_INDEX_DIR),
     )
     return Path(html).name
+
+
+def _provenance(plan: RunPlan, model_sha: str, index_dir: str) -> ReportProvenance:
+    """The reports' provenance: the model as the manifest names it, the protocol by name, file and digests."""
+    from medsynth.privacy.provenance import for_model
+
+    protocol = {
+        "name": plan.protocol.name,
+        "file": plan.source.path.name,  # the name only: the folder may say who ran it, and where
+        "sha256": plan.source.sha256,
+        "plan_sha256": plan.plan_sha256,
+    }
+    return for_model(
+        plan.model.path, model_id=plan.model.id, model_sha256=model_sha, index_dir=index_dir, protocol=protocol
+    )
 
 
 def _background(plan: RunPlan, r: RejectedRecord) -> str:
     quota = {c.case_id: c.quota for c in plan.cases}[r.case_id]
     q = next(q for q in plan.quotas if q.index == quota)
     return "dataset" if q.insert is not None and q.insert.into == "dataset" else "synthetic"
-
-
-def _flagged_maps(
-    gate: Gate, n_written: int, rejected: list[RejectedRecord], redraw: Callable[[RejectedRecord], Scan]
-) -> Any:
-    """Feature maps for the report's side-by-side thumbnails of the flagged attempts.
-
-    Flagged samples are never written, so they are drawn again from their recorded seeds
-    (one at a time: equal to the flagged sample up to float rounding). Written cases need
-    no thumbnail and get zeros.
-    """
-    if not rejected:
-        return None
-    import numpy as np
-
-    from medsynth.privacy.features import scan_features
-
-    maps = scan_features([redraw(r) for r in rejected], gate.index.feature_config).maps
-    out = np.zeros((n_written + len(maps), *maps.shape[1:]), maps.dtype)
-    out[n_written:] = maps
-    return out
 
 
 def _subject(r: ManifestRecord) -> str:

@@ -216,8 +216,16 @@ def test_report_shows_flagged_lesion_beside_its_nearest_training_lesion(gate, tm
     assert summary["n_checked"] == 2 and summary["n_flagged"] >= 1 and "pooled" in summary["thresholds"]
     assert summary["samples"][0]["flagged"] and summary["samples"][0]["nearest"] == "lesion-00004"
     text = page.read_text()
-    row = text[text.index("<td>case-00000</td>") :].split("</tr>")[0]
-    assert "lesion-00004" in row and "data:image/png;base64," in row
+    # The flagged lesion's row names its nearest training lesion and the tau that judged it; the
+    # row under it holds its figure (its crop, the training lesion's map, their difference).
+    row, figure = text[text.index("<tr><td>case-00000</td>") :].split("</tr>")[:2]
+    group = summary["samples"][0]["group"]
+    assert "<td>lesion-00004</td>" in row and (f"<td>{group} (pooled τ)</td>" in row or f"<td>{group}</td>" in row)
+    assert figure.startswith('<tr class="msr-img"><td colspan=8><img src="data:image/png;base64,')
+    assert "beside its nearest training match, and their difference" in figure
+    assert ("<tr><td>case-00001</td>" in text) == summary["samples"][1]["flagged"]  # flagged cases only
+    assert "<th>nearest training lesion</th>" in text and "<th>matched transform</th>" in text
+    assert "Sensitive: this report contains feature maps of training lesions" in text
     assert "real scans from the user's dataset" in text and "not gated by the whole-image check" in text
     assert str(tmp_path) not in text and "phantom-s" not in text
 
