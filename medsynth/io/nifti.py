@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from medsynth.errors import InputError, file_error
 from medsynth.io.atomic import atomic_path
 from medsynth.io.scan import Scan, ScanInfo
+from medsynth.io.streaming import slabs, volume_stats
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -226,7 +228,9 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str], *, description: str | 
 
     A 2D scan is written as ``(X, Y, 1)`` so the slice plane and thickness survive. CT whose
     values are whole numbers within int16 is stored as int16 (lossless, ~half the size);
-    everything else as float32. Units are mm and seconds. The write is atomic.
+    everything else as float32. Units are mm and seconds. The write is atomic and streamed:
+    one pass over the values decides the dtype, then the voxels are cast and written a slab
+    at a time (``write_nifti_array``), so no copy of the volume is made.
 
     Args:
         scan: the scan; ``array.shape[0]`` must be 1.
@@ -247,14 +251,19 @@ def write_nifti(scan: Scan, path: str | os.PathLike[str], *, description: str | 
             "per file: write each channel separately"
         )
     data = scan.array[0]
-    data = data.astype(np.int16) if scan.modality == "CT" and _fits_int16(data) else data.astype(np.float32)
-    return write_nifti_array(data, scan.affine, path, description=description)
+    dtype = np.int16 if scan.modality == "CT" and _fits_int16(data) else np.float32
+    return write_nifti_array(data, scan.affine, path, description=description, dtype=dtype)
 
 
 def write_nifti_array(
-    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], *, description: str | None = None
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    description: str | None = None,
+    dtype: DTypeLike | None = None,
 ) -> Path:
-    """Write a spatial array (2D or 3D, stored as its own dtype) on a ``Scan`` affine; atomic.
+    """Write a spatial array (2D or 3D) on a ``Scan`` affine, slab by slab; atomic.
 
     The one place that lays out medsynth's NIfTI files: ``write_nifti`` (scans) and
     ``medsynth.io.masks.write_mask_nifti`` (uint8 label maps) both write through it, so a
@@ -262,13 +271,21 @@ def write_nifti_array(
     ``(X, Y, 1)`` so the slice plane and thickness survive; qform = sform = ``affine``
     (codes 1), units mm and seconds, no intensity scaling.
 
+    nibabel lays out the header (from a zero-strided stand-in of the array's shape and
+    dtype, so it never holds the voxels) and opens the file (gzip for ``.nii.gz``, its
+    settings); the voxels follow in NIfTI's order (first index fastest), cast a slab of the
+    last axis at a time. The bytes are those ``nibabel.save`` writes for the whole array.
+
     Args:
         data: ``(X, Y)`` or ``(X, Y, Z)``.
         affine: the 4x4 index -> RAS+ matrix of a ``Scan`` with that spatial shape.
         path: destination ending in ``.nii`` or ``.nii.gz``.
         description: the header's ``descrip`` (ASCII, at most 80 bytes), see ``write_nifti``.
+        dtype: the on-disk type; each slab is cast to it (``astype``) as it is written.
+            Default ``data.dtype``.
     """
     import nibabel as nib
+    from nibabel.volumeutils import seek_tell
 
     path = Path(path)
     if not is_nifti_path(path):
@@ -277,20 +294,42 @@ def write_nifti_array(
         raise InputError(f"{path}: NIfTI description {description!r}: expected at most 80 ASCII characters")
     if data.ndim == 2:
         data = data[:, :, None]
-    img = nib.Nifti1Image(data, affine)
+    out_dtype = np.dtype(data.dtype if dtype is None else dtype)
+    img = nib.Nifti1Image(np.broadcast_to(np.zeros((), out_dtype), data.shape), affine)
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
     img.header.set_slope_inter(1.0, 0.0)
     if description is not None:
         img.header["descrip"] = description.encode("ascii")
-    with atomic_path(path) as tmp:
-        # nibabel picks gzip from the name, so the temporary keeps the final suffix.
-        nib.save(img, tmp)
+    # What ``to_file_map`` does before it writes: shape, affine and magic into the header.
+    img.update_header()
+    header = img.header
+    # nibabel picks gzip from the name, so the temporary keeps the final suffix.
+    with atomic_path(path) as tmp, nib.openers.ImageOpener(str(tmp), "wb") as fh:
+        header.write_to(fh)
+        seek_tell(fh.fobj, header.get_data_offset(), write0=True)
+        _write_voxels(data, fh, header.get_data_dtype())
     return path
 
 
+def _write_voxels(data: np.ndarray, fh: Any, dtype: np.dtype) -> None:
+    """``data`` (X, Y, Z) in Fortran order as ``dtype``, one slab of the last axis at a time.
+
+    Fortran order is the z-slices one after another, each ``data[:, :, k].T`` in C order; a
+    slab of them is gathered with one transposed copy (rows of consecutive k are read
+    together, which is kinder to the cache than one strided slice at a time).
+    """
+    plane = data.shape[0] * data.shape[1] * max(data.itemsize, dtype.itemsize)
+    for part in slabs(data.shape[2], plane):
+        block = np.ascontiguousarray(data[:, :, part].transpose(2, 1, 0)).astype(dtype, copy=False)
+        for z in block:  # one write per z-slice, as nibabel's array writer does
+            fh.write(memoryview(z).cast("B"))
+
+
 def _fits_int16(data: np.ndarray) -> bool:
-    if data.size == 0 or not np.all(np.isfinite(data)):
+    """Every value finite, whole and within int16 (one streaming pass, see ``volume_stats``)."""
+    if data.size == 0:
         return False
-    return float(data.min()) >= _INT16.min and float(data.max()) <= _INT16.max and bool(np.all(data == np.round(data)))
+    stats = volume_stats(data)
+    return stats.finite and stats.integral and stats.lo >= _INT16.min and stats.hi <= _INT16.max

@@ -19,6 +19,7 @@ from medsynth.io.dicom.identity import SeriesIdentity, description, series_ident
 from medsynth.io.dicom.identity import uid as _uid
 from medsynth.io.provenance import generation_time
 from medsynth.io.scan import Scan
+from medsynth.io.streaming import VolumeStats, volume_stats
 
 _CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 _MR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.4")
@@ -46,50 +47,61 @@ MR_PRECISION = 0.5
 
 @dataclass(frozen=True)
 class _Encoding:
-    """How float modality values become stored integers: value = stored * slope + intercept."""
+    """How float modality values become stored integers: value = stored * slope + intercept.
 
-    stored: np.ndarray
+    Decided once from the whole volume's ``VolumeStats``, applied a slice at a time
+    (``encode``), so the series is written without an integer copy of the volume.
+    """
+
+    rule: str  # "round": round(v); "cast": v as it is (whole numbers); "scale": round(v / slope)
     slope: str  # DS strings: the exact values the file carries and the quantisation used
     intercept: str
     signed: bool
+
+    def encode(self, frame: np.ndarray) -> np.ndarray:
+        """The stored integers of one slice (int16 if ``signed``, else uint16)."""
+        dtype = np.int16 if self.signed else np.uint16
+        if self.rule == "cast":
+            return frame.astype(dtype)
+        if self.rule == "scale":
+            return np.round(frame / float(self.slope)).astype(dtype)
+        return np.round(frame).astype(dtype)
 
 
 def _ds(value: float) -> str:
     return format_number_as_ds(float(value) + 0.0)
 
 
-def _encode_mono(values: np.ndarray, modality: str) -> _Encoding:
+def _encode_mono(stats: VolumeStats, modality: str) -> _Encoding:
     """Quantise to 16 bits, losing at most half a stored step (``slope / 2``).
 
     CT: int16 with slope 1 and intercept 0 (whole HU) when the values fit, as CT readers
     expect. Others: integers that fit are stored as they are (slope 1); fractional values
     use the whole 16-bit range (uint16 if non-negative, else int16) with intercept 0.
     """
-    lo, hi = float(values.min()), float(values.max())
-    integral = bool(np.all(values == np.round(values)))
+    lo, hi, integral = stats.lo, stats.hi, stats.integral
     if modality == "CT" and lo >= -32768 and hi <= 32767:
-        return _Encoding(np.round(values).astype(np.int16), "1", "0", True)
+        return _Encoding("round", "1", "0", True)
     if integral and lo >= 0 and hi <= 65535:
-        return _Encoding(values.astype(np.uint16), "1", "0", False)
+        return _Encoding("cast", "1", "0", False)
     if integral and lo >= -32768 and hi <= 32767:
-        return _Encoding(values.astype(np.int16), "1", "0", True)
+        return _Encoding("cast", "1", "0", True)
     signed = lo < 0
     limit = 32767 if signed else 65535
     peak = max(abs(lo), abs(hi))
     # One step of headroom so that the DS-rounded slope cannot push the peak past the limit.
     slope = _ds(peak / (limit - 1)) if peak > 0 else "1"
-    stored = np.round(values / float(slope))
-    return _Encoding(stored.astype(np.int16 if signed else np.uint16), slope, "0", signed)
+    return _Encoding("scale", slope, "0", signed)
 
 
-def _encode_mr(values: np.ndarray, case_id: str) -> _Encoding:
+def _encode_mr(stats: VolumeStats, case_id: str) -> _Encoding:
     """MR in its own units: whole numbers (at most ``MR_PRECISION`` off), uint16, or int16 if negative."""
-    stored = np.round(values)
-    lo, hi = float(stored.min()), float(stored.max())
+    # Rounding is monotonic, so the range of the rounded values is the rounded range.
+    lo, hi = float(np.round(stats.lo)), float(np.round(stats.hi))
     if lo >= 0 and hi <= 65535:
-        return _Encoding(stored.astype(np.uint16), "1", "0", False)
+        return _Encoding("round", "1", "0", False)
     if lo >= -32768 and hi <= 32767:
-        return _Encoding(stored.astype(np.int16), "1", "0", True)
+        return _Encoding("round", "1", "0", True)
     raise InputError(
         f"MR scan for case {case_id} has values {lo:g}..{hi:g}: MR Image Storage keeps whole numbers in the "
         "scan's own units within 16 bits (no Rescale Slope): rescale the intensities, or write "
@@ -122,8 +134,10 @@ def _check_lo(name: str, value: str) -> None:
         )
 
 
-def _check_write_args(scan: Scan, case_id: str, series_description: str, sop_class: str, body_part: str | None) -> str:
-    """Validate arguments and return the IOD to write: "CT", "MR" or "SC"."""
+def _check_write_args(
+    scan: Scan, case_id: str, series_description: str, sop_class: str, body_part: str | None
+) -> tuple[str, VolumeStats]:
+    """Validate arguments; return the IOD to write ("CT", "MR" or "SC") and the values' statistics."""
     if not isinstance(case_id, str) or not _CASE_ID.match(case_id):
         raise InputError(
             f"case_id {case_id!r}: expected 1-56 characters of letters, digits, '.', '_' or '-' "
@@ -144,16 +158,19 @@ def _check_write_args(scan: Scan, case_id: str, series_description: str, sop_cla
             f"scan has {scan.array.shape[0]} channels; DICOM images have 1 (grayscale) or 3 (RGB): "
             "write one channel at a time"
         )
-    if not np.all(np.isfinite(scan.array)):
+    # One pass over slabs of the slice axis (channels moved after it: a view), not a whole-array mask.
+    stats = volume_stats(np.moveaxis(scan.array, 1, 0))
+    if not stats.finite:
         raise InputError("scan array holds NaN or infinite values; expected finite intensities")
     if scan.array.shape[0] == 3:
-        lo, hi = float(scan.array.min()), float(scan.array.max())
-        if lo < -0.5 or hi >= 255.5:
-            raise InputError(f"3-channel scan has values {lo:g}..{hi:g}; RGB DICOM is 8-bit: expected 0..255")
-        return "SC"
+        if stats.lo < -0.5 or stats.hi >= 255.5:
+            raise InputError(
+                f"3-channel scan has values {stats.lo:g}..{stats.hi:g}; RGB DICOM is 8-bit: expected 0..255"
+            )
+        return "SC", stats
     if sop_class == "sc" or scan.modality not in ("CT", "MR"):
-        return "SC"
-    return scan.modality
+        return "SC", stats
+    return scan.modality, stats
 
 
 @dataclass(frozen=True)
@@ -251,7 +268,7 @@ def _add_image(
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 1 if enc.signed else 0
-        ds.PixelData = np.ascontiguousarray(frame.astype("<i2" if enc.signed else "<u2")).tobytes()
+        ds.PixelData = np.ascontiguousarray(frame, dtype="<i2" if enc.signed else "<u2").tobytes()
         if iod != "MR":  # the MR Image IOD has no Modality LUT module: MR is stored in its own units
             ds.RescaleIntercept, ds.RescaleSlope = enc.intercept, enc.slope
             # RescaleType: CT Image (type 3) and Modality LUT module (type 1C)
@@ -275,6 +292,14 @@ def _add_image(
         ds.EchoTrainLength = None
     else:
         ds.ConversionType = "SYN" if synthetic else "WSD"  # synthetic image / workstation
+
+
+def _frame(scan: Scan, enc: _Encoding | None, index: int) -> np.ndarray:
+    """Slice ``index`` (a 2D scan: its one image) as written: the stored integers, or RGB 8-bit."""
+    part = scan.array[:, index] if scan.spatial_dims == 3 else scan.array
+    if enc is None:  # RGB: (3, H, W) -> (H, W, 3)
+        return np.round(np.moveaxis(part, 0, -1)).astype(np.uint8)
+    return enc.encode(part[0])
 
 
 def _patient_orientation(plane: Plane) -> list[str]:
@@ -311,7 +336,10 @@ def write_dicom(
     Study ID, Study and Series Descriptions naming medsynth, the condition and the model, and
     the full plane geometry (also in Secondary Captures, as standard extended attributes).
     CT carries the window presets ``CT_WINDOWS``; MR is stored in its own units (whole numbers,
-    no Rescale Slope). The same arguments give the same bytes. A scan whose geometry was
+    no Rescale Slope). The same arguments give the same bytes. The series is streamed: one
+    pass over the values (``medsynth.io.streaming.volume_stats``) fixes the encoding for the
+    whole volume, then each slice is encoded and written in turn, so no copy of the volume is
+    made (a 512 x 512 x 256 CT: see docs/performance.md). A scan whose geometry was
     guessed (``scan.geometry_guessed``) gets ImageComments
     ``"geometry assumed by medsynth, not measured: <reason>"``.
 
@@ -356,7 +384,7 @@ def write_dicom(
     if body_part is None:
         from_scan = str(scan.metadata.get("body_part", "")).strip().upper()
         body_part = from_scan if _CS.match(from_scan) else None
-    iod = _check_write_args(scan, case_id, series_description, sop_class, body_part)
+    iod, stats = _check_write_args(scan, case_id, series_description, sop_class, body_part)
     out = Path(out_dir)
     if out.exists():
         if out.is_dir():
@@ -384,21 +412,19 @@ def write_dicom(
         series_description=series_description,
         created=created,
     )
-    values = scan.array[0]
     if scan.array.shape[0] == 3:
         enc = None
     else:
-        enc = _encode_mr(values, case_id) if iod == "MR" else _encode_mono(values, scan.modality)
-    window = None if enc is None else _window(scan, values)
-    # RGB: (3, [D,] H, W) -> ([D,] H, W, 3) 8-bit; grayscale: the encoded integers.
-    frames_all = np.round(np.moveaxis(scan.array, 0, -1)).astype(np.uint8) if enc is None else enc.stored
-    frames = list(frames_all) if scan.spatial_dims == 3 else [frames_all]
+        enc = _encode_mr(stats, case_id) if iod == "MR" else _encode_mono(stats, scan.modality)
+    window = None if enc is None else _window(scan, scan.array[0])
     plane = geometry.plane
     normal = plane.normal
-    names = [f"{i + 1:05d}.dcm" for i in range(len(frames))]
+    names = [f"{i + 1:05d}.dcm" for i in range(scan.shape[0] if scan.spatial_dims == 3 else 1)]
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        for i, frame in enumerate(frames):
+        for i in range(len(names)):
+            # Streamed: each slice is encoded as it is written, with the volume-wide encoding.
+            frame = _frame(scan, enc, i)
             ds = _base_dataset(iod=iod, modality=scan.modality, study=study, index=i, synthetic=synthetic)
             ds.FrameOfReferenceUID = study.identity.frame_of_reference_uid
             ds.PositionReferenceIndicator = None
