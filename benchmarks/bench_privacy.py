@@ -25,7 +25,8 @@ import time
 import numpy as np
 import torch
 
-from medsynth.data.phantoms import MODALITIES, PATHOLOGIES, make_phantom
+from medsynth.data.phantoms import BASE_PATHOLOGIES as PATHOLOGIES  # the classes of the recorded figures
+from medsynth.data.phantoms import MODALITIES, make_phantom
 from medsynth.privacy import PrivacyIndex
 from medsynth.seeding import derive_seed
 

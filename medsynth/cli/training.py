@@ -64,9 +64,46 @@ def _phantoms(
         help="Also write each lesion's mask beside its scan (NIfTI label map; PNG for --format png) "
         "and a mask column in labels.csv.",
     ),
+    pathologies: str = typer.Option(
+        None,
+        "--pathologies",
+        help="Comma-separated classes to balance over, e.g. normal,nodule,mass,effusion (the four the shipped "
+        "models know) or normal,pneumothorax; join findings of one class with |. Default: all five.",
+        show_default=False,
+    ),
+    scanner: str = typer.Option(
+        "A", "--scanner", help="A (smooth CT kernel, T2-weighted MR) or B (sharp CT kernel, T1-weighted MR, coil bias)."
+    ),
 ) -> None:
-    """Write built-in chest phantoms (CT and MR; normal, nodule, mass, effusion) and labels.csv."""
-    from medsynth.data.phantoms import phantom_dataset
+    """Write built-in chest phantoms (CT and MR; normal, nodule, mass, effusion, pneumothorax) and labels.csv."""
+    from medsynth.data.phantoms import PATHOLOGIES, phantom_dataset
 
-    labels = phantom_dataset(out, dim=dim, count=count, fmt=fmt, seed=seed, size=size, masks=masks)
+    classes = PATHOLOGIES if pathologies is None else _pathology_classes(pathologies)
+    labels = phantom_dataset(
+        out, dim=dim, count=count, fmt=fmt, seed=seed, size=size, masks=masks, pathologies=classes, scanner=scanner
+    )
     typer.echo(f"wrote {count} {dim}D phantoms ({fmt}, {size}^{dim}) to {out}; labels: {labels}")
+
+
+def _pathology_classes(text: str) -> list[str]:
+    """The classes of ``--pathologies a,b|c``, each checked (with a did-you-mean), before any file is written."""
+    from medsynth.conditions import pathology_label
+    from medsynth.data.phantoms import parse_pathologies
+    from medsynth.errors import InputError
+
+    entries = [e.strip() for e in text.split(",")]
+    if not any(entries) or not all(entries):
+        raise InputError(
+            f"--pathologies {text!r}: expected comma-separated phantom pathologies, e.g. normal,nodule; "
+            "an entry is empty"
+        )
+    classes: list[str] = []
+    for entry in entries:
+        try:
+            label = pathology_label(parse_pathologies(entry))
+        except InputError as exc:
+            raise InputError(f"--pathologies {text!r}: {exc}") from None
+        if label in classes:
+            raise InputError(f"--pathologies {text!r}: {entry!r} names the class {label!r} twice; give each class once")
+        classes.append(label)
+    return classes

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medsynth.errors import ConfigErrors, MedsynthError
+from medsynth.privacy.strength import MIN_THRESHOLD_SCANS
 
 if TYPE_CHECKING:
     from medsynth.data.catalog import Catalog
@@ -49,7 +50,8 @@ SPLIT_ALIASES = {
     "holdout": "test",
 }
 MIN_GROUP_HOLDOUT = 50  # the privacy index's min_group_size: a threshold of the group's own
-MIN_POOLED_HOLDOUT = 40
+# The bar `generate` holds an index to (privacy.strength): a split that passes here is not refused there.
+MIN_POOLED_HOLDOUT = MIN_THRESHOLD_SCANS
 MIN_MODALITY_HOLDOUT = 10
 
 
@@ -65,8 +67,14 @@ class DataCheck:
 
     @property
     def holdout(self) -> Catalog:
-        """The scans the privacy index is calibrated on: the test split, else validation."""
-        return self.test if len(self.test) else self.val
+        """The scans the privacy index is calibrated on: validation and test together.
+
+        Neither is trained on and both are patient-disjoint from training, so both are new
+        subjects to the model; pooling them gives the thresholds the most scans.
+        """
+        from medsynth.data.catalog import Catalog
+
+        return Catalog(self.val.records + self.test.records, self.train.root)
 
 
 def split_catalog(cfg: TrainConfig, catalog: Catalog, where: str) -> tuple[Catalog, Catalog, Catalog, list[str]]:
@@ -134,7 +142,7 @@ def _read_all(catalog: Catalog, split: str, where: str, check: DataCheck) -> lis
 
 def _coverage(check: DataCheck, where: str) -> None:
     holdout = check.holdout
-    name = "test" if len(check.test) else "validation"
+    name = "holdout (validation + test)"
     have = Counter(r.group for r in holdout.records)
     per_modality = Counter(r.modality for r in holdout.records)
     for group, modality in sorted({(r.group, r.modality) for r in check.train.records}):
@@ -149,7 +157,7 @@ def _coverage(check: DataCheck, where: str) -> None:
             check.problems.append(
                 f"{where}: the privacy index cannot calibrate group {group}: it has {have[group]} {name} scans "
                 f"(a threshold of its own needs {MIN_GROUP_HOLDOUT}) and the pooled threshold needs "
-                f"{' and '.join(missing)}; add {name} rows of {modality}, raise data.test_fraction, "
+                f"{' and '.join(missing)}; add validation or test rows of {modality}, raise data.test_fraction, "
                 "or set build_privacy_index: false"
             )
 

@@ -54,6 +54,25 @@ class PhantomData(_Section):
     # Also write each lesion's mask (``phantom_dataset(masks=True)``): the lesion model's data.
     # The images are the same either way, so it is not part of the stages' fingerprints.
     masks: bool = False
+    # The classes to balance over (None: every phantom pathology, pneumothorax included); the
+    # shipped models' configs name the four they were trained on. Checked by the phantoms.
+    pathologies: list[str] | None = None
+    scanner: Literal["A", "B"] = "A"  # ``medsynth.data.phantoms.scanners``
+
+    @model_validator(mode="after")
+    def _known_pathologies(self) -> PhantomData:
+        if self.pathologies is not None:
+            from medsynth.data.phantoms.render import parse_pathologies
+
+            labels = []
+            for entry in self.pathologies:
+                try:
+                    labels.append("|".join(parse_pathologies(entry)))
+                except InputError as exc:
+                    raise ValueError(str(exc)) from None
+            if not labels or len(set(labels)) != len(labels):
+                raise ValueError(f"pathologies {self.pathologies}: expected at least one class, each once")
+        return self
 
 
 class DataConfig(_Section):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from medsynth.data.phantoms import MODALITIES, PATHOLOGIES, make_phantom
+from medsynth.data.phantoms import BASE_PATHOLOGIES as PATHOLOGIES  # the classes its expectations were set on
+from medsynth.data.phantoms import MODALITIES, make_phantom
 from medsynth.errors import InputError
 from medsynth.evaluation.classifier import (
     CONFIG_FILE,

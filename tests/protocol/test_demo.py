@@ -34,11 +34,13 @@ def _with_backgrounds(path: Path, where: Path) -> Path:
     datasets = [q.insert.into.dataset for q in quotas if q.insert is not None and not isinstance(q.insert.into, str)]
     if not datasets:
         return path
-    from medsynth.data.phantoms import phantom_dataset
+    from medsynth.data.phantoms import BASE_PATHOLOGIES, phantom_dataset
 
     dim = 3 if "3d" in path.name else 2
     for csv in datasets:
-        phantom_dataset((where / csv).parent, dim=dim, count=8, seed=1, size=32, masks=True)
+        phantom_dataset(
+            (where / csv).parent, dim=dim, count=8, seed=1, size=32, masks=True, pathologies=BASE_PATHOLOGIES
+        )
     copy = where / path.name
     copy.write_bytes(path.read_bytes())
     return copy

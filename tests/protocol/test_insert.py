@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from medsynth.cli import main
 from medsynth.data.catalog import Catalog
-from medsynth.data.phantoms import phantom_dataset
+from medsynth.data.phantoms import BASE_PATHOLOGIES, phantom_dataset
 from medsynth.errors import PrivacyError, ProtocolError
 from medsynth.io import read_scan
 from medsynth.io.masks import read_mask
@@ -40,8 +40,8 @@ def normals(tmp_path_factory) -> dict[int, Path]:
     """Phantom datasets with masks: 2D (16 scans: 2 normal CT, 2 normal MR) and 3D (8 scans, 48³)."""
     root = tmp_path_factory.mktemp("backgrounds")
     return {
-        2: phantom_dataset(root / "2d", dim=2, count=16, seed=5, masks=True),
-        3: phantom_dataset(root / "3d", dim=3, count=8, seed=5, size=48, masks=True),
+        2: phantom_dataset(root / "2d", dim=2, count=16, seed=5, masks=True, pathologies=BASE_PATHOLOGIES),
+        3: phantom_dataset(root / "3d", dim=3, count=8, seed=5, size=48, masks=True, pathologies=BASE_PATHOLOGIES),
     }
 
 

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from medsynth.data.phantoms import phantom_dataset
+from medsynth.data.phantoms import BASE_PATHOLOGIES, phantom_dataset
 
 
 @pytest.fixture(scope="session")
 def phantoms_2d(tmp_path_factory) -> Path:
     """labels.csv of 80 2D phantoms at 32^2 (10 per pathology/modality class)."""
-    return phantom_dataset(tmp_path_factory.mktemp("ph2d"), dim=2, count=80, seed=3, size=32)
+    return phantom_dataset(
+        tmp_path_factory.mktemp("ph2d"), dim=2, count=80, seed=3, size=32, pathologies=BASE_PATHOLOGIES
+    )
 
 
 def tiny_train_config(labels: Path | None, out: Path, **over) -> dict:

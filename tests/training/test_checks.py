@@ -12,7 +12,7 @@ import yaml
 
 from medsynth.cli import main
 from medsynth.data.catalog import Catalog
-from medsynth.data.phantoms import phantom_dataset
+from medsynth.data.phantoms import BASE_PATHOLOGIES, phantom_dataset
 from medsynth.errors import ConfigErrors, InputError
 from medsynth.io import read_scan, write_scan
 from medsynth.training.checks import check_data
@@ -23,7 +23,9 @@ from medsynth.training.pipeline import train
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """400 2D phantoms at 32² (50 per class; its split column gives 40 test scans, 20 per modality)."""
-    return phantom_dataset(tmp_path_factory.mktemp("checks"), dim=2, count=400, seed=7, size=32)
+    return phantom_dataset(
+        tmp_path_factory.mktemp("checks"), dim=2, count=400, seed=7, size=32, pathologies=BASE_PATHOLOGIES
+    )
 
 
 def _rows(labels: Path) -> list[dict[str, str]]:
@@ -101,19 +103,31 @@ def test_batches_larger_than_the_training_split_are_refused(tiny_cfg, dataset, t
 
 
 def test_a_holdout_that_cannot_calibrate_a_group_is_refused(tiny_cfg, dataset, tmp_path):
-    # The issue's 4-subject case: every CT scan outside training is in validation, the test split is MR only.
-    rows = [
-        {**r, "split": "val" if r["split"] == "test" and r["modality"] == "CT" else r["split"]} for r in _rows(dataset)
-    ]
-    labels = _write_rows(tmp_path / "no-ct-test.csv", rows, dataset.parent)
+    # The issue's case: no CT scan outside training, so the holdout (validation + test) is MR only.
+    rows = [{**r, "split": "train" if r["modality"] == "CT" else r["split"]} for r in _rows(dataset)]
+    held = sum(r["split"] in ("val", "test") for r in rows)
+    assert 0 < held < 50
+    labels = _write_rows(tmp_path / "no-ct-holdout.csv", rows, dataset.parent)
     with pytest.raises(ConfigErrors) as err:
         _check(tiny_cfg, labels, tmp_path, build_privacy_index=True)
     lines = err.value.lines
-    ct = [x for x in lines if "/CT: it has 0 test scans" in x]
-    assert len(lines) == 8 and len(ct) == 4  # every group: 20 test scans in all cannot pool a threshold
-    assert all("needs 40 holdout scans in all (has 20) and 10 of CT (has 0)" in x for x in ct)
+    ct = [x for x in lines if "/CT: it has 0 holdout (validation + test) scans" in x]
+    assert len(lines) == 8 and len(ct) == 4  # every group: too few holdout scans in all to pool a threshold
+    assert all(f"needs 50 holdout scans in all (has {held}) and 10 of CT (has 0)" in x for x in ct)
     assert "raise data.test_fraction" in lines[0]
     _check(tiny_cfg, labels, tmp_path, build_privacy_index=False)  # no index, nothing to calibrate
+
+
+def test_validation_scans_count_towards_the_privacy_holdout(tiny_cfg, dataset, tmp_path):
+    # Every CT scan outside training in validation, the test split MR only: the holdout still has CT.
+    rows = [
+        {**r, "split": "val" if r["split"] == "test" and r["modality"] == "CT" else r["split"]} for r in _rows(dataset)
+    ]
+    labels = _write_rows(tmp_path / "ct-in-val.csv", rows, dataset.parent)
+    check = _check(tiny_cfg, labels, tmp_path, build_privacy_index=True)  # 80 holdout scans pool a threshold
+    held = check.holdout.records
+    assert len(held) == len(check.val) + len(check.test) == 80 and not check.problems
+    assert {r.modality for r in held} == {"CT", "MR"} and {r.modality for r in check.test.records} == {"MR"}
 
 
 def test_scans_off_the_field_of_view_are_reported_and_refused_when_strict(tiny_cfg, dataset, tmp_path):
@@ -156,14 +170,16 @@ def test_privacy_index_refuses_sets_that_are_not_the_models(straight_run, tmp_pa
 
     splits = straight_run.parent / "work" / "splits"
     straight_run = shutil.copytree(straight_run, tmp_path / "model")  # the shared run stays as it is
-    assert {p.name for p in splits.iterdir()} == {"train.csv", "val.csv", "test.csv"}
+    assert {p.name for p in splits.iterdir()} == {"train.csv", "val.csv", "test.csv", "holdout.csv"}
+    rows = {n: (splits / f"{n}.csv").read_text().splitlines()[1:] for n in ("val", "test", "holdout")}
+    assert rows["holdout"] == rows["val"] + rows["test"]  # the privacy holdout: validation and test
     args = ["privacy-index", str(straight_run), "--train", str(splits / "test.csv"), "--holdout"]
     assert main([*args, str(splits / "train.csv")]) == 2
     err = capsys.readouterr().err
     assert "is not the training set of" in err and "--force" in err and err.count("\n") == 1
     assert not (straight_run / "privacy").exists()
     good = ["privacy-index", str(straight_run), "--train", str(splits / "train.csv"), "--holdout"]
-    assert main([*good, str(splits / "test.csv")]) == 0, capsys.readouterr().err
+    assert main([*good, str(splits / "holdout.csv")]) == 0, capsys.readouterr().err
     assert not (straight_run / "privacy" / "forced.json").exists()
     assert main([*args, str(splits / "val.csv"), "--force"]) == 0
     assert json.loads((straight_run / "privacy" / "forced.json").read_text())["forced"] is True

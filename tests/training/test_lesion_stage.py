@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medsynth.data.phantoms import phantom_dataset
+from medsynth.data.phantoms import BASE_PATHOLOGIES, phantom_dataset
 from medsynth.errors import InputError
 from medsynth.lesions import train as lesion_train
 from medsynth.lesions.model import load_lesion_model, load_mask_bank
@@ -30,7 +30,9 @@ LESION = {
 @pytest.fixture(scope="module")
 def masked_2d(tmp_path_factory):
     """labels.csv (with a mask column) of 64 2D phantoms at 32^2: 8 per pathology/modality class."""
-    return phantom_dataset(tmp_path_factory.mktemp("masked"), dim=2, count=64, seed=5, size=32, masks=True)
+    return phantom_dataset(
+        tmp_path_factory.mktemp("masked"), dim=2, count=64, seed=5, size=32, masks=True, pathologies=BASE_PATHOLOGIES
+    )
 
 
 def _cfg(tiny_cfg, labels, out, **over):
@@ -117,7 +119,16 @@ def test_train_3d_with_masks_writes_a_16_cubed_lesion_model(tiny_cfg, tmp_path):
         tiny_cfg(
             None,
             tmp_path,
-            data={"phantoms": {"dim": 3, "count": 16, "seed": 1, "size": 32, "masks": True}},
+            data={
+                "phantoms": {
+                    "dim": 3,
+                    "count": 16,
+                    "seed": 1,
+                    "size": 32,
+                    "masks": True,
+                    "pathologies": ["normal", "nodule", "mass", "effusion"],
+                }
+            },
             preprocessing={"size": [16, 16, 16]},
             stage1={"steps": 2, "patch_size": [8, 8, 8], "adv_weight": 0.0, "batch_size": 2},
             stage2={"steps": 2, "batch_size": 2},

@@ -60,7 +60,15 @@ def test_train_3d_from_generated_phantoms_with_rflow(tiny_cfg, tmp_path):
         tiny_cfg(
             None,
             tmp_path,
-            data={"phantoms": {"dim": 3, "count": 16, "seed": 1, "size": 32}},
+            data={
+                "phantoms": {
+                    "dim": 3,
+                    "count": 16,
+                    "seed": 1,
+                    "size": 32,
+                    "pathologies": ["normal", "nodule", "mass", "effusion"],
+                }
+            },
             preprocessing={"size": [16, 16, 16]},
             stage1={"patch_size": [8, 8, 8], "adv_weight": 0.0, "batch_size": 2},
             stage2={"batch_size": 2, "scheduler": {"kind": "rflow", "num_train_timesteps": 100}},

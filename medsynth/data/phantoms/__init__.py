@@ -1,4 +1,4 @@
-"""Built-in chest phantoms: procedural CT and MR scans of a thorax, with four pathology classes.
+"""Built-in chest phantoms: procedural CT and MR scans of a thorax, with five pathology classes.
 
 They are the embedded default dataset of the demo, the tests and the benchmarks, so they are
 built to look like medicine: a body outline with subcutaneous fat and a muscular chest wall,
@@ -19,10 +19,14 @@ one module a step:
    coordinates in millimetres; the renderer evaluates them on the voxel grid (or on a few
    candidate points, when a lesion is placed) and paints tissues back to front with a soft edge
    one voxel wide, which gives partial-volume edges at any resolution.
-4. ``render``: modality-specific intensities (CT in HU; MR T2-weighted, fluid bright, scanner
-   units) and noise (correlated Gaussian for CT; Rician with a smooth multiplicative bias field
-   for MR) come last; the noise depends on the seed, not on the pathology, so a diseased
-   phantom minus its normal twin is exactly the lesion.
+4. ``render``: modality-specific intensities (CT in HU; MR in scanner units) and then
+   ``scanners``: what the scanner adds (A, the default: correlated Gaussian CT noise, T2-weighted
+   MR with Rician noise and a mild bias field; B: a sharp CT kernel with high-frequency noise,
+   T1-weighted MR with a strong coil bias field). The noise depends on the seed, not on the
+   pathology, so a diseased phantom minus its normal twin is exactly the lesion.
+
+The classes are ``PATHOLOGIES``: normal, nodule, mass, effusion (pleural fluid) and pneumothorax
+(pleural air). The shipped models know the first four (``BASE_PATHOLOGIES``), not pneumothorax.
 
 ``dataset`` writes many phantoms, one subject each, with a labels.csv (``phantom_dataset``),
 and on request each one's lesion mask (``phantom_lesion_mask``) with a mask column.
@@ -44,6 +48,7 @@ from __future__ import annotations
 from medsynth.data.phantoms.canvas import TISSUE_NAMES, TISSUES
 from medsynth.data.phantoms.dataset import LABEL_COLUMNS, phantom_dataset
 from medsynth.data.phantoms.render import (
+    BASE_PATHOLOGIES,
     FOV_MM,
     LESION_TISSUES,
     MAX_SIZE,
@@ -56,8 +61,10 @@ from medsynth.data.phantoms.render import (
     phantom_labels,
     phantom_lesion_mask,
 )
+from medsynth.data.phantoms.scanners import SCANNERS
 
 __all__ = [
+    "BASE_PATHOLOGIES",
     "FOV_MM",
     "LABEL_COLUMNS",
     "LESION_TISSUES",
@@ -65,6 +72,7 @@ __all__ = [
     "MIN_SIZE",
     "MODALITIES",
     "PATHOLOGIES",
+    "SCANNERS",
     "TISSUES",
     "TISSUE_NAMES",
     "Z_CENTRE_MM",

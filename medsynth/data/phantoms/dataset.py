@@ -4,7 +4,9 @@
 counts), subject seed and split, renders it with ``make_phantom`` and writes it in one of the
 ``medsynth.io.formats`` formats, with its lesion mask beside it when asked (``masks=True``);
 labels.csv, written last, is a dataset CSV that ``medsynth.data.catalog.Catalog.from_csv``
-reads as it stands.
+reads as it stands. The scanner (``scanner="A"`` or ``"B"``) is one for the whole folder and is
+not a labels.csv column: the dataset CSV refuses unknown columns, so a column would break every
+reader; it is in each scan's metadata (``manufacturer_model``) when the scans are made.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from medsynth.data.phantoms.render import (
     parse_pathologies,
     phantom_lesion_mask,
 )
+from medsynth.data.phantoms.scanners import check_scanner
 from medsynth.errors import InputError
 from medsynth.io import write_scan
 from medsynth.io.atomic import atomic_write_text
@@ -117,10 +120,11 @@ def phantom_dataset(
     fmt: str = "nifti",
     seed: int = 0,
     size: int = 64,
-    pathologies: Sequence[str] = PATHOLOGIES,
+    pathologies: Sequence[str] | None = PATHOLOGIES,
     modalities: Sequence[str] = MODALITIES,
     class_counts: dict[tuple[str, str], int] | None = None,
     masks: bool = False,
+    scanner: str = "A",
 ) -> Path:
     """Write a labelled phantom dataset: one scan per subject plus ``OUT/labels.csv``.
 
@@ -139,6 +143,10 @@ def phantom_dataset(
     a last column ``mask`` naming it; normal cases have no mask and an empty cell. Without
     ``masks`` nothing differs from a dataset written before masks existed.
 
+    The default ``pathologies`` are all of ``PATHOLOGIES``, pneumothorax included; a dataset
+    made for (or compared with) the shipped models passes ``BASE_PATHOLOGIES``, the four they
+    know, and is then the dataset it was before pneumothorax existed, case for case.
+
     Args:
         out_dir: the output folder (created if missing).
         dim: 2 or 3.
@@ -146,10 +154,13 @@ def phantom_dataset(
         fmt: a ``medsynth.io.formats`` name: "nifti", "dicom" or "png" (2D only).
         seed: dataset seed.
         size: voxels per axis, 32..256.
-        pathologies: class labels to balance over; an entry may join several with ``|``.
+        pathologies: class labels to balance over; an entry may join several with ``|``
+            (ignored when ``class_counts`` is given); None: ``PATHOLOGIES``.
         modalities: subset of ``MODALITIES``.
         class_counts: optional exact number of cases per (pathology, modality).
         masks: also write lesion masks and the ``mask`` column.
+        scanner: "A" (the default look) or "B" (sharp CT kernel, T1-weighted MR with a coil
+            bias field): ``phantoms.scanners``; the same seed gives the same subjects and labels.
 
     Returns:
         The path of labels.csv.
@@ -161,11 +172,14 @@ def phantom_dataset(
     if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
         raise InputError(f"count={count!r}: expected a whole number of scans >= 1")
     check_grid(dim, size)
+    scanner = check_scanner(scanner)
     fmt_entry = get_format(fmt)
     if dim == 3 and not fmt_entry.holds_3d:
         volumes = " or ".join(name for name, f in FORMATS.items() if f.holds_3d)
         raise InputError(f"format {fmt!r} holds 2D images only; use --format {volumes} for dim=3")
-    classes = _dataset_classes(int(count), pathologies, modalities, class_counts)
+    classes = _dataset_classes(
+        int(count), PATHOLOGIES if pathologies is None else pathologies, modalities, class_counts
+    )
     splits = _splits(classes, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +190,7 @@ def phantom_dataset(
     for i, ((label, mod), split) in enumerate(zip(classes, splits, strict=True)):
         case = f"case-{i:0{width}d}"
         subject_seed = derive_seed(seed, "phantom-subject", i)
-        scan = make_phantom(dim=dim, pathologies=label, modality=mod, seed=subject_seed, size=size)
+        scan = make_phantom(dim=dim, pathologies=label, modality=mod, seed=subject_seed, size=size, scanner=scanner)
         written = write_scan(scan, out / case, fmt, case_id=case)
         row = [written.relative_to(out).as_posix(), label, mod, split, f"phantom-s{seed}-{i:0{width}d}"]
         if masks:

@@ -1,9 +1,12 @@
-"""Lesions: nodule, mass and effusion, each drawn for a subject and painted over its anatomy.
+"""Lesions: nodule, mass, effusion and pneumothorax, each drawn for a subject and painted over its anatomy.
 
 Each lesion is drawn from ``(seed, pathology, dim)`` alone, so adding a second pathology does
-not move the first one. Nodules and masses are placed by rejection sampling against the
-subject's lung (a few candidate points are rendered, not the whole grid); in 2D every lesion
-is centred within a third of its radius of the subject's slice, so it is always visible.
+not move the first one (and adding a pathology to the package moved none of the others).
+Nodules and masses are placed by rejection sampling against the subject's lung (a few candidate
+points are rendered, not the whole grid); in 2D every lesion is centred within a third of its
+radius of the subject's slice, so it is always visible. The effusion is dependent fluid; the
+pneumothorax is non-dependent pleural air along the chest wall (``paint_pleural_air``, painted
+before the lung vessels so that the air holds no lung markings).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsynth.data.phantoms.anatomy import Subject, lung_space
-from medsynth.data.phantoms.canvas import TISSUES, Canvas
+from medsynth.data.phantoms.canvas import Canvas
 from medsynth.data.phantoms.shapes import F32, occupancy, random_waves, waves
 from medsynth.seeding import numpy_rng
 
@@ -31,6 +34,7 @@ class Lesion:
     necrotic: float = 0.0  # radius fraction of the necrotic core (mass)
     sides: tuple[float, ...] = ()  # effusion: +1 right, -1 left
     level: tuple[float, float, float] = (0.0, 0.0, 0.0)  # effusion: z_ref, depth at z_ref, slope
+    depth: float = 0.0  # pneumothorax: mm of air between the anterior chest wall and the lung edge
 
     def distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Signed distance of a nodule or mass: union of lobes with a wavy (lobulated) surface."""
@@ -51,10 +55,33 @@ class Lesion:
         meniscus = 12.0 * np.clip((np.abs(x) - 0.5 * ca) / (0.5 * ca), 0.0, 1.0) ** 2
         y_level = subject.posterior_lung_y(x, z) + depth + meniscus
         occ = occupancy(y - y_level, edge)
+        return occ * self.side_weight(x, edge)
+
+    def side_weight(self, x: np.ndarray, edge: float) -> np.ndarray:
+        """1 in the affected hemithoraces (``sides``), 0 in the other, a one-edge ramp at x = 0."""
         side = np.zeros_like(np.asarray(x, dtype=F32))
         for s in self.sides:
             side = np.maximum(side, np.clip(0.5 + s * x / edge, 0.0, 1.0))
-        return occ * side
+        return side
+
+    def air_distance(self, subject: Subject, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Signed distance (mm, negative inside) of a pneumothorax's air: the rim of the thoracic
+        cavity less than ``depth * w`` from the chest wall.
+
+        ``w`` is 1 at the anterior wall, about 0.6 at the lateral wall and 0 from 60% of the
+        way to the posterior wall on: in a supine patient the air rises to the non-dependent
+        (anterior and lateral) pleural space, so the crescent thins out posteriorly, where the
+        collapsed lung still touches the chest wall.
+        """
+        _, cb_ant, cb_post = subject.cavity
+        w = np.clip((y + F32(0.6 * cb_post)) / F32(cb_ant + 0.6 * cb_post), 0.0, 1.0) ** F32(0.5)
+        from_wall = -subject.cavity_distance(x, y, z)  # mm inwards from the inner chest wall
+        return from_wall - F32(self.depth) * w
+
+    @property
+    def collapse(self) -> float:
+        """Fraction of the affected lung's volume lost to the air: its density rises by ``1/(1-collapse)``."""
+        return self.depth / (self.depth + 70.0)
 
 
 def _place(
@@ -171,7 +198,57 @@ def draw_lesion(kind: str, subject: Subject, seed: int, dim: int) -> Lesion:
             level=(z_ref, depth, rng.uniform(0.25, 0.5)),
         )
 
+    if kind == "pneumothorax":
+        side = 1.0 if rng.uniform() < 0.5 else -1.0
+        no_waves = (np.zeros((0, 3), F32), np.zeros(0, F32))
+        return Lesion("pneumothorax", np.zeros((0, 3)), np.zeros(0), no_waves, sides=(side,), depth=rng.uniform(25, 60))
+
     raise AssertionError(kind)  # pathologies are validated before this point
+
+
+PLEURA_MM = 2.0  # thickness of the visceral pleural line at a collapsed lung's edge
+
+
+def collapse_lung(
+    canvas: Canvas, lesion: Lesion, x: np.ndarray, edge: float, lung_space: np.ndarray, lung_value: np.ndarray | float
+) -> np.ndarray | float:
+    """Make the lung of a pneumothorax's side denser (it lost volume to the air); return the new lung value.
+
+    The lung keeps its tissue and loses air: ``air + (lung - air) / (1 - collapse)``, so CT's
+    -860 HU becomes about -810 to -740 HU and MR's lung signal rises by the same factor.
+    """
+    if canvas.image is None:
+        return lung_value
+    air = F32(canvas.value("pneumothorax"))
+    gain = F32(1.0 / (1.0 - lesion.collapse) - 1.0)
+    delta = (lung_value - air) * gain * lesion.side_weight(x, edge)
+    canvas.image += lung_space * delta
+    return lung_value + delta
+
+
+def paint_pleural_air(
+    canvas: Canvas,
+    s: Subject,
+    lesion: Lesion,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    edge: float,
+    lung_value: np.ndarray | float,
+) -> None:
+    """Paint a pneumothorax: the air replaces the lung in its crescent, then a thin visceral pleural line.
+
+    Only the lung part of each voxel is replaced (``Canvas.paint_in_lung``), so the chest wall and
+    the mediastinum keep their values. Painted before the lung vessels, so no vessel crosses the
+    air: the lung markings stop at the pleural line.
+    """
+    d = lesion.air_distance(s, x, y, z)
+    side = lesion.side_weight(x, edge)
+    air = occupancy(d, edge)
+    canvas.paint_in_lung("pneumothorax", air * side, lung_value)
+    # the two half-spaces' difference is a band PLEURA_MM thick, partial-volumed into the voxels
+    line = np.clip(occupancy(d - F32(PLEURA_MM), edge) - air, 0.0, 1.0)
+    canvas.paint_in_lung("pleura", line * side, lung_value)
 
 
 def paint_lesions(
@@ -184,20 +261,25 @@ def paint_lesions(
     edge: float,
     lung_value: np.ndarray | float,
 ) -> None:
-    """Paint ``lesions`` over the anatomy; ``lung_value`` is the rendered lung that fluid replaces."""
+    """Paint ``lesions`` over the anatomy; ``lung_value`` is the rendered lung that fluid replaces.
+
+    A pneumothorax is not painted here: ``paint_pleural_air`` paints it before the lung vessels.
+    """
     mi = canvas.modality
     for lesion in lesions:
         if lesion.kind == "effusion":
             canvas.paint_in_lung("effusion", lesion.fluid_occupancy(s, x, y, z, edge), lung_value)
         elif lesion.kind == "nodule":
             canvas.paint("nodule", occupancy(lesion.distance(x, y, z), edge))
-        else:  # mass: heterogeneous solid tissue, often with a necrotic core
+        elif lesion.kind == "mass":  # heterogeneous solid tissue, often with a necrotic core
             occ = occupancy(lesion.distance(x, y, z), edge)
-            solid, necrosis = TISSUES["mass"], TISSUES["necrosis"]
             texture = waves(x, y, z, lesion.waves[0] * 2.5, lesion.waves[1])
-            value = None if mi is None else F32(solid[mi]) + F32(0.12 * solid[mi] + 6.0) * texture
+            value = None
+            if mi is not None:
+                solid = canvas.value("mass")
+                value = F32(solid) + F32(0.12 * solid + 6.0) * texture
             canvas.paint("mass", occ, value)
             if lesion.necrotic > 0:
                 c, r = lesion.centres[0], lesion.radii[0] * lesion.necrotic
                 core = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) - r
-                canvas.paint("necrosis", occupancy(core, 2 * edge) * occ, None if mi is None else necrosis[mi])
+                canvas.paint("necrosis", occupancy(core, 2 * edge) * occ)

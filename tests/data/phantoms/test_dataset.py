@@ -27,7 +27,9 @@ def test_phantom_dataset_writes_balanced_labelled_scans(tmp_path) -> None:
     assert list(rows[0]) == ["path", "pathology", "modality", "split", "subject"]
     assert len(rows) == 20
     counts = Counter((r["pathology"], r["modality"]) for r in rows)
-    assert len(counts) == 8 and set(counts.values()) == {2, 3}
+    # five pathologies (pneumothorax included by default) x two modalities, two cases each
+    assert len(counts) == 10 and set(counts.values()) == {2}
+    assert counts[("pneumothorax", "CT")] == counts[("pneumothorax", "MR")] == 2
     assert len({r["subject"] for r in rows}) == 20
     for r in rows[:3]:
         scan = read_scan(tmp_path / "ds" / r["path"])

@@ -20,7 +20,7 @@ from medsynth.data.phantoms import (
 from medsynth.seeding import derive_seed
 
 # Written out, not taken from LESION_TISSUES, so that a tissue missing there fails here.
-LESION_IDS = [TISSUE_NAMES.index(t) for t in ("nodule", "mass", "necrosis", "effusion")]
+LESION_IDS = [TISSUE_NAMES.index(t) for t in ("nodule", "mass", "necrosis", "effusion", "pneumothorax")]
 
 
 def _rows(csv_path) -> list[dict[str, str]]:
@@ -34,7 +34,7 @@ def _case_seed(path: str, dataset_seed: int) -> int:
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_phantom_lesion_mask_is_the_lesion_tissue(dim):
-    for pathology in ("nodule", "mass", "effusion", "effusion|nodule"):
+    for pathology in ("nodule", "mass", "effusion", "pneumothorax", "effusion|nodule"):
         mask = phantom_lesion_mask(dim=dim, pathologies=pathology, seed=5, size=32)
         labels = phantom_labels(dim=dim, pathologies=pathology, seed=5, size=32)
         assert mask.shape == make_phantom(dim=dim, pathologies=pathology, seed=5, size=32).array.shape

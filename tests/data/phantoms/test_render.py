@@ -245,7 +245,8 @@ def test_several_pathologies_combine_and_keep_their_lesions() -> None:
 def test_parse_pathologies() -> None:
     assert parse_pathologies("normal") == ("normal",)
     assert parse_pathologies(["nodule", "mass"]) == ("mass", "nodule")
-    assert set(PATHOLOGIES) == {"normal", "nodule", "mass", "effusion"} and MODALITIES == ("CT", "MR")
+    assert set(PATHOLOGIES) == {"normal", "nodule", "mass", "effusion", "pneumothorax"} and MODALITIES == ("CT", "MR")
+    assert parse_pathologies("pneumothorax|effusion") == ("effusion", "pneumothorax")
 
 
 @pytest.mark.parametrize(
