@@ -16,7 +16,7 @@ import click
 import typer
 
 # Each command module registers its commands on the app when imported; the order is the help's.
-from medsynth.cli import evaluate, io, pacs, privacy, protocol, training  # noqa: F401
+from medsynth.cli import evaluate, finetune, io, pacs, privacy, protocol, training  # noqa: F401
 from medsynth.cli.app import app
 from medsynth.errors import MedsynthError, os_fault
 

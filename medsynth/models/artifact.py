@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -165,18 +166,27 @@ def verify_model_dir(path_or_name: str | Path) -> Path:
     return path
 
 
-def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> LatentDiffusionModel:
+def load_model(
+    path_or_name: str | Path, device: str | torch.device = "cpu", *, scale: float | None = None
+) -> LatentDiffusionModel:
     """Load a model directory or a built-in model (``"builtin:phantom-2d"``), in eval mode, float32.
 
     The weight files are checked against config.json's records first; the privacy index and the
     lesion model are checked by their own loaders (``verify_model_dir`` checks everything).
+    A fine-tuned directory (``medsynth finetune``) is composed from its base and its adapter
+    (``medsynth.adapters.compose``); ``scale`` overrides its adapter scale (0: the base's UNet).
 
     Raises:
         InputError: missing directory/config/weights, a pickle checkpoint, an unknown built-in,
-            weights that are truncated, damaged or do not fit the config.
+            weights that are truncated, damaged or do not fit the config, an adapter whose base
+            has another digest, a ``scale`` given for a model without adapter.
     """
     path = resolve_model_path(path_or_name)
     config = load_config(path)
+    if config.adapter is not None:
+        return _load_adapted(path, config, scale).to(device).eval()
+    if scale is not None:
+        raise InputError(f"{path}: scale={scale} given, but this model has no adapter (it is not fine-tuned)")
     # Before reading: a truncated file gets "N bytes, but config.json records M", not a parser error.
     verify_files(path, tuple(WEIGHT_FILES))
     model = LatentDiffusionModel(config)
@@ -197,6 +207,46 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval()
 
 
+def _load_adapted(path: Path, config: ModelConfig, scale: float | None) -> LatentDiffusionModel:
+    """A fine-tuned directory composed with its base (``medsynth.adapters.compose``)."""
+    from medsynth.adapters.compose import apply_adapter, compose
+
+    adapter = config.adapter or {}
+    scale = float(adapter.get("scale", 1.0) if scale is None else scale)
+    if scale < 0:
+        raise InputError(f"{path}: adapter scale {scale}: expected a number >= 0")
+    base_dir = resolve_base(path, adapter)
+    if load_config(base_dir).adapter is not None:
+        raise InputError(f"{base_dir}: the base is itself an adapter; `medsynth merge` it first")
+    return apply_adapter(compose(load_model(base_dir), config), path, scale)
+
+
+def resolve_base(adapter_dir: Path, adapter: dict[str, Any]) -> Path:
+    """The base model directory of an adapter, checked against its recorded ``model_sha256``.
+
+    Raises:
+        InputError: the base is missing, or its digest is not the recorded one (both named).
+    """
+    base = adapter["base"]
+    candidates = [base["id"]]
+    if "relative" in base:
+        candidates.append(str((adapter_dir / base["relative"]).resolve()))
+    path = next((c for c in candidates if c.startswith("builtin:") or Path(c).is_dir()), None)
+    if path is None:
+        raise InputError(
+            f"{adapter_dir}: the base model {base['id']} is missing; the adapter needs its base "
+            "(copy it back, or `medsynth merge` where it is present to get a standalone model)"
+        )
+    root = resolve_model_path(path)
+    digest = model_sha256(root)
+    if digest != base["sha256"]:
+        raise InputError(
+            f"{adapter_dir}: base {base['id']} has sha256 {digest}, but the adapter was trained on sha256 "
+            f"{base['sha256']}; use the base it was made from"
+        )
+    return root
+
+
 # The lesion model's files, when the directory has one (``lesions.model.save_lesion_model``).
 LESION_FILES = ("lesion/config.json", "lesion/lesion.safetensors", "lesion/masks.safetensors")
 
@@ -214,7 +264,13 @@ def model_sha256(path: str | Path) -> str:
     root = resolve_model_path(path)
     h = hashlib.sha256()
     lesion = [f for f in LESION_FILES if (root / f).is_file()]
-    for fname in [CONFIG_NAME, *sorted(WEIGHT_FILES), *lesion]:
+    weights = sorted(WEIGHT_FILES)
+    if read_config_json(root).get("adapter") is not None:
+        # An adapter's own files; its config.json names the base's digest, so the base counts too.
+        from medsynth.adapters.compose import ADAPTER_WEIGHT_FILES
+
+        weights = sorted(f for f in ADAPTER_WEIGHT_FILES if (root / f).is_file())
+    for fname in [CONFIG_NAME, *weights, *lesion]:
         h.update(fname.encode())
         update_from_file(h, root / fname)
     return h.hexdigest()

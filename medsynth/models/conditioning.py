@@ -9,7 +9,7 @@ A scan with several pathologies gets the *mean* of their embeddings in the patho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -110,6 +110,52 @@ class Conditioner(nn.Module):
             null_m = self.modality_embedding.weight[0].expand_as(m_tok)
             m_tok = torch.where(drop_modality.to(self.device).bool()[:, None], null_m, m_tok)
         return torch.stack([p_tok, m_tok], dim=1)
+
+    def extended(
+        self, new_pathologies: Mapping[str, str] | None = None, new_modalities: Mapping[str, str] | None = None
+    ) -> Conditioner:
+        """A copy with new vocabulary entries appended; every existing row (null included) kept as it is.
+
+        Args:
+            new_pathologies, new_modalities: new label -> ``init_from``: the existing label whose
+                embedding the new row starts from, or ``"mean"`` (the mean of the labelled rows,
+                the null row left out).
+
+        Raises:
+            InputError: a new label that already exists, or an ``init_from`` that names no label.
+        """
+        new_p, new_m = dict(new_pathologies or {}), {str(k).upper(): v for k, v in (new_modalities or {}).items()}
+        for table, old, new in (
+            ("new_pathologies", self.pathologies, new_p),
+            ("new_modalities", self.modalities, new_m),
+        ):
+            for label in new:
+                if label in old:
+                    raise InputError(
+                        f"{table}.{label}: already in the base vocabulary {old}; new entries need new names"
+                    )
+        out = Conditioner([*self.pathologies, *new_p], [*self.modalities, *new_m], self.dim).to(self.device)
+        with torch.no_grad():
+            for table, old, new, src in (
+                ("new_pathologies", self.pathologies, new_p, self.pathology_embedding.weight),
+                ("new_modalities", self.modalities, new_m, self.modality_embedding.weight),
+            ):
+                dst = out.pathology_embedding.weight if table == "new_pathologies" else out.modality_embedding.weight
+                dst[: len(old) + 1] = src
+                for j, (label, init) in enumerate(new.items()):
+                    dst[len(old) + 1 + j] = self._init_row(table, label, init, old, src)
+        return out
+
+    @staticmethod
+    def _init_row(table: str, label: str, init: str, old: list[str], rows: torch.Tensor) -> torch.Tensor:
+        if init == "mean":
+            return rows[1:].mean(dim=0)
+        key = init.upper() if table == "new_modalities" else init
+        if key not in old:
+            raise InputError(
+                f"{table}.{label}.init_from: {init!r} is not a base label; expected 'mean' or one of {old}"
+            )
+        return rows[old.index(key) + 1]
 
     def null(self, batch: int) -> torch.Tensor:
         """Context with both tokens null ``(batch, 2, dim)``: the unconditional branch of CFG."""

@@ -121,6 +121,9 @@ class ModelConfig:
     # DICOM BodyPartExamined of the scans the model makes (CHEST for the phantoms), written into
     # generated DICOM; None (configs without it): not known, and the attribute is left out.
     body_part: str | None = None
+    # A fine-tuned model that stores only what changed: its base (id and sha256), the method and
+    # what its files hold (``medsynth.adapters``); None for a standalone model.
+    adapter: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):

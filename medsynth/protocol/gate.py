@@ -46,6 +46,7 @@ class Gate:
         self._rate_test = flagged_rate_test
         self._index: PrivacyIndex | None = None
         self._lesion_index: PrivacyIndex | None = None
+        self._extra: list[tuple[str, PrivacyIndex]] | None = None
 
     @property
     def index(self) -> PrivacyIndex:
@@ -65,10 +66,34 @@ class Gate:
             self._lesion_index = load_lesion_index(self.model_dir)
         return self._lesion_index
 
+    @property
+    def extra_indexes(self) -> list[tuple[str, PrivacyIndex]]:
+        """A fine-tuned model's other indexes (its base's, or its fine-tuning scans'): ``medsynth.adapters.privacy``."""
+        if self._extra is None:
+            from medsynth.adapters.privacy import load_extra_indexes
+
+            self._extra = load_extra_indexes(self.model_dir)
+        return self._extra
+
     def check(self, scans: list[Scan], group: str) -> list[dict[str, Any]]:
-        """One verdict per scan, as a JSON-ready dict (``gate: true``; non-finite numbers -> null)."""
-        verdicts = self.index.check(scans, [group] * len(scans), quantile=self.settings.quantile)
-        return [self._record(v.to_dict(), IMAGE_INDEX) for v in verdicts]
+        """One verdict per scan, as a JSON-ready dict (``gate: true``; non-finite numbers -> null).
+
+        A fine-tuned model's scan is checked against each of its indexes and passes only if it
+        passes all; the verdict kept is the one closest to (or furthest past) its threshold,
+        named by ``index`` (``model``, ``base`` or ``finetune``).
+        """
+        verdicts = [
+            [
+                {**v.to_dict(), "index": "model"}
+                for v in self.index.check(scans, [group] * len(scans), quantile=self.settings.quantile)
+            ]
+        ]
+        for name, index in self.extra_indexes:
+            found = index.check(scans, [group] * len(scans), quantile=self.settings.quantile)
+            verdicts.append([{**v.to_dict(), "index": name} for v in found])
+        if len(verdicts) == 1:
+            return [self._record({k: v for k, v in d.items() if k != "index"}, IMAGE_INDEX) for d in verdicts[0]]
+        return [self._record(max(per_scan, key=_margin), IMAGE_INDEX) for per_scan in zip(*verdicts)]
 
     def check_lesions(self, scans: list[Scan], masks: list[np.ndarray], group: str) -> list[dict[str, Any]]:
         """One verdict per inserted lesion (its mask on its scan's grid), against the training lesions."""
@@ -86,6 +111,12 @@ class Gate:
         """(p-value, failed) of ``n_flagged`` flags in ``n`` checks against the expected rate."""
         pvalue, failed = self._rate_test(n_flagged, n, self.settings.quantile, alpha=self.settings.alpha)
         return float(pvalue), bool(failed)
+
+
+def _margin(verdict: dict[str, Any]) -> tuple[bool, float]:
+    """Failed verdicts first, then the highest score above its threshold (NaN: a scan without a body)."""
+    margin = float(verdict["score"]) - float(verdict["threshold"])
+    return (not verdict["passed"], margin if math.isfinite(margin) else -math.inf)
 
 
 def _checked(verdict: dict[str, Any] | None) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -116,10 +116,12 @@ def preview_samples(
     steps: int,
     guidance: float,
     seed: int,
+    decode: bool = True,
 ) -> torch.Tensor:
     """A few guided samples for the training previews (deterministic DDIM, or Euler for rflow).
 
-    The full samplers live in ``medsynth.sampling``; this small loop only shows progress.
+    The full samplers live in ``medsynth.sampling``; this small loop only shows progress (and
+    makes fine-tuning's prior-preservation latents, ``decode=False``: scaled latents).
     """
     device = next(denoiser.parameters()).device
     n = len(pathologies)
@@ -152,7 +154,7 @@ def preview_samples(
             z, _ = sched.step(out, t, z, nxt)
         else:
             z, _ = sched.step(out, t, z)
-    return model.decode(z)
+    return model.decode(z) if decode else z
 
 
 def build_stage2(
@@ -161,21 +163,38 @@ def build_stage2(
     val: tuple[torch.Tensor, torch.Tensor, Labels, Sequence[str]],
     cfg: Stage2Config,
     run: RunContext,
+    *,
+    name: str = "stage2",
+    param_groups: list[dict[str, Any]] | None = None,
+    prior: tuple[torch.Tensor, torch.Tensor, Labels, Sequence[str]] | None = None,
+    prior_weight: float = 1.0,
+    prior_batch_size: int | None = None,
 ) -> tuple[StageSpec, Denoiser]:
     """The diffusion stage as a ``StageSpec``; also returns the EMA denoiser (weights to ship).
 
     Args:
         model: the model, with a trained autoencoder and ``config.scale_factor`` set.
         train, val: ``(mu, sigma, pathologies, modalities)``: unscaled latent posteriors and labels.
+        name: the stage's name (checkpoint folder, fingerprint key); fine-tuning uses its own.
+        param_groups: AdamW parameter groups (default: every parameter of UNet and conditioner);
+            fine-tuning passes only what it trains.
+        prior: like ``train``, a second set whose loss is added at ``prior_weight`` every step
+            (DreamBooth's prior preservation; ``prior_batch_size`` items a micro-batch).
     """
     denoiser = Denoiser(model.unet, model.conditioner)
     wrapped = wrap(denoiser, run.dist)
     ema = make_ema(denoiser, cfg.ema_decay)
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups if param_groups is not None else [{"params": list(denoiser.parameters())}]
+    trained = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = model.make_scheduler()
     mu, _sigma, paths, mods = train
     items = balanced_items(class_keys(paths, mods)) if cfg.balanced else None
     order = BatchOrder(len(mu), cfg.batch_size, cfg.grad_accum, run.dist, seed=run.seed + 1, items=items)
+    prior_order = None
+    if prior is not None and len(prior[0]):
+        pb = prior_batch_size or cfg.batch_size
+        prior_order = BatchOrder(len(prior[0]), pb, cfg.grad_accum, run.dist, seed=run.seed + 2)
     sf = model.scale_factor
 
     def loss_on(net: nn.Module, idx: Sequence[int], data: tuple, g: torch.Generator, drop: bool) -> torch.Tensor:
@@ -197,17 +216,21 @@ def build_stage2(
     def train_step(step: int) -> dict[str, float]:
         wrapped.train()
         opt.zero_grad(set_to_none=True)
-        total = 0.0
+        total = prior_total = 0.0
         for k in range(cfg.grad_accum):
-            g = torch_generator(run.seed, "stage2", step, k, run.dist.rank, device=run.device)
+            g = torch_generator(run.seed, name, step, k, run.dist.rank, device=run.device)
             skip_sync = k < cfg.grad_accum - 1 and hasattr(wrapped, "no_sync")
             with cast(DistributedDataParallel, wrapped).no_sync() if skip_sync else nullcontext():
                 loss = loss_on(wrapped, order(step, k), train, g, drop=True)
+                total += float(loss.detach()) / cfg.grad_accum
+                if prior_order is not None and prior is not None:
+                    prior_loss = loss_on(wrapped, prior_order(step, k), prior, g, drop=True)
+                    prior_total += float(prior_loss.detach()) / cfg.grad_accum
+                    loss = loss + prior_weight * prior_loss
                 run.backward(loss / cfg.grad_accum)
-            total += float(loss.detach()) / cfg.grad_accum
-        run.step(opt, denoiser.parameters(), cfg.grad_clip)
+        run.step(opt, trained, cfg.grad_clip)
         run.scaler.update()
-        return {"mse": total}
+        return {"mse": total, **({"prior_mse": prior_total} if prior_order is not None else {})}
 
     @torch.no_grad()
     def validate() -> float:
@@ -217,7 +240,7 @@ def build_stage2(
         mine = list(range(run.dist.rank, len(vm), run.dist.world_size))
         total, n = 0.0, 0
         # Fixed noise and timesteps, so successive validations are comparable.
-        g = torch_generator(run.seed, "stage2-val", run.dist.rank, device=run.device)
+        g = torch_generator(run.seed, f"{name}-val", run.dist.rank, device=run.device)
         for i in range(0, len(mine), cfg.batch_size):
             idx = mine[i : i + cfg.batch_size]
             total += float(loss_on(net, idx, val, g, drop=False)) * len(idx)
@@ -239,7 +262,7 @@ def build_stage2(
         save_grid_png(imgs, path, ncol=len(model.pathologies))
 
     spec = StageSpec(
-        name="stage2",
+        name=name,
         steps=cfg.steps,
         modules={"denoiser": denoiser},
         optimizers={"denoiser": opt},

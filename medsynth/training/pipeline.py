@@ -40,7 +40,7 @@ from medsynth.training.diffusion import build_stage2, compute_scale_factor, enco
 from medsynth.training.distributed import class_keys
 from medsynth.training.loop import RunContext, resolve_precision, run_stage
 
-SPLITS_DIR = "splits"  # WORK_DIR/splits/{train,val,test}.csv: the split this run used
+SPLITS_DIR = "splits"  # WORK_DIR/splits/{train,val,test,holdout}.csv: the split this run used
 CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
 _PERCENTILE_SCANS = 32  # scans per modality sampled for the default intensity range
 
@@ -74,6 +74,8 @@ def _dataset(cfg: TrainConfig, work: Path, ctx: DistContext) -> Catalog:
                 seed=spec["seed"],
                 size=spec["size"],
                 masks=spec["masks"],
+                pathologies=spec["pathologies"],
+                scanner=spec["scanner"],
             )
             write_json(spec_file, spec)
     barrier(ctx)
@@ -91,18 +93,22 @@ def _preprocessing(cfg: TrainConfig, train: Catalog) -> Preprocessing:
     for modality in train.modalities:
         if modality in intensity:
             continue
-        if modality == "CT":
-            intensity[modality] = dict(CT_WINDOW)
-            continue
-        idx = [i for i, r in enumerate(train.records) if r.modality == modality][:_PERCENTILE_SCANS]
-        values = np.concatenate([train.load(i).array.ravel() for i in idx])
-        lo, hi = np.percentile(values, [0.5, 99.5])
-        intensity[modality] = {"kind": "linear", "lo": float(np.floor(lo)), "hi": float(np.ceil(hi))}
+        intensity[modality] = default_intensity(train, modality)
     thickness = cfg.preprocessing.slice_thickness or (first.slice_thickness if first.spatial_dims == 2 else 1.0)
     return Preprocessing(len(size), size, tuple(spacing), intensity, float(thickness))
 
 
-def _load(catalog: Catalog, pre: Preprocessing, device: torch.device) -> tuple[torch.Tensor, list, list, list]:
+def default_intensity(catalog: Catalog, modality: str) -> dict[str, Any]:
+    """A modality's default normalisation: CT's window, else its 0.5-99.5th percentiles (rounded) in ``catalog``."""
+    if modality == "CT":
+        return dict(CT_WINDOW)
+    idx = [i for i, r in enumerate(catalog.records) if r.modality == modality][:_PERCENTILE_SCANS]
+    values = np.concatenate([catalog.load(i).array.ravel() for i in idx])
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return {"kind": "linear", "lo": float(np.floor(lo)), "hi": float(np.ceil(hi))}
+
+
+def load_on_grid(catalog: Catalog, pre: Preprocessing, device: torch.device) -> tuple[torch.Tensor, list, list, list]:
     """Every scan on the model grid ``(N, C, *size)``, with its pathologies, modality and field of view (mm)."""
     if not len(catalog):
         return torch.zeros((0, 1, *pre.size), device=device), [], [], []
@@ -273,14 +279,14 @@ def train(
         train_cat, val_cat, test_cat, holdout = checked.train, checked.val, checked.test, checked.holdout
         if ctx.is_main:  # the sets privacy-index, privacy-check and evaluate are to be given
             (work / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
-            for name, part in (("train", train_cat), ("val", val_cat), ("test", test_cat)):
+            for name, part in (("train", train_cat), ("val", val_cat), ("test", test_cat), ("holdout", holdout)):
                 part.to_csv(work / SPLITS_DIR / f"{name}.csv")
         lesion = lesion_stage.wanted(cfg.lesion, train_cat)
         if lesion_only:
             return _lesion_only(cfg, ctx, train_cat, val_cat, holdout, resume=resume, progress=progress, log=log)
         pre = _preprocessing(cfg, train_cat)
-        train_x, train_p, train_m, train_fovs = _load(train_cat, pre, ctx.device)
-        val_x, val_p, val_m, _ = _load(val_cat, pre, ctx.device)
+        train_x, train_p, train_m, train_fovs = load_on_grid(train_cat, pre, ctx.device)
+        val_x, val_p, val_m, _ = load_on_grid(val_cat, pre, ctx.device)
         torch.manual_seed(cfg.seed)  # network initialisation: identical on every rank
         model = LatentDiffusionModel(_model_config(cfg, catalog, train_cat, pre, train_x.shape[1], train_fovs)).to(
             ctx.device
