@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -114,3 +114,8 @@ def describe_error(err: Mapping[str, Any], root: type[BaseModel]) -> str:
     if kind in _EXPECTED:
         return f"{where}: {_EXPECTED[kind]}; got {short_repr(err['input'])}"
     return f"{where}: {err['msg']}; got {short_repr(err['input'])}"
+
+
+def error_lines(exc: ValidationError, root: type[BaseModel], source: str) -> list[str]:
+    """Every problem of ``exc`` as one line naming ``source``, duplicates dropped, in order."""
+    return list(dict.fromkeys(f"{source}: {describe_error(e, root)}" for e in exc.errors()))

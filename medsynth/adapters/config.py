@@ -23,9 +23,9 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from medsynth.digest import sha256_json
 from medsynth.errors import ConfigErrors, InputError
-from medsynth.pydantic_errors import describe_error
+from medsynth.pydantic_errors import error_lines
 from medsynth.strict import StrictModel
-from medsynth.training.config import LaxPath, Stage1Config, Stage2Config
+from medsynth.training.config import LaxPath, Stage1Config, Stage2Config, resolve_path
 from medsynth.yamlfile import describe_yaml_error, load_yaml
 
 # LoRA targets by module-name suffix in MONAI's DiffusionModelUNet: the attention projections
@@ -160,10 +160,6 @@ class FinetuneConfig(_Section):
         return sha256_json(d)[:16]
 
 
-def _resolve(p: Path | None, base: Path) -> Path | None:
-    return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
-
-
 def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: str = "config") -> FinetuneConfig:
     """Validate a fine-tuning config dict; relative paths (and a base folder) resolve against ``base_dir``."""
     if not isinstance(data, dict):
@@ -171,15 +167,13 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: 
     try:
         cfg = FinetuneConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigErrors(
-            list(dict.fromkeys(f"{source}: {describe_error(e, FinetuneConfig)}" for e in exc.errors()))
-        ) from None
+        raise ConfigErrors(error_lines(exc, FinetuneConfig, source)) from None
     base = base_dir or Path.cwd()
-    cfg.output_dir = _resolve(cfg.output_dir, base)  # type: ignore[assignment]
-    cfg.work_dir = _resolve(cfg.work_dir, base)
-    cfg.data.labels = _resolve(cfg.data.labels, base)  # type: ignore[assignment]
+    cfg.output_dir = resolve_path(cfg.output_dir, base)  # type: ignore[assignment]
+    cfg.work_dir = resolve_path(cfg.work_dir, base)
+    cfg.data.labels = resolve_path(cfg.data.labels, base)  # type: ignore[assignment]
     if not cfg.base.startswith("builtin:"):
-        cfg.base = str(_resolve(Path(cfg.base), base))
+        cfg.base = str(resolve_path(Path(cfg.base), base))
     return cfg
 
 

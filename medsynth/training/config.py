@@ -29,7 +29,7 @@ from medsynth.digest import sha256_json
 from medsynth.errors import ConfigErrors, InputError
 from medsynth.io.formats import FormatName
 from medsynth.limits import DEFAULT_GUIDANCE, GUIDANCE_RANGE
-from medsynth.pydantic_errors import describe_error
+from medsynth.pydantic_errors import error_lines
 from medsynth.strict import StrictModel
 from medsynth.yamlfile import describe_yaml_error, load_yaml
 
@@ -394,7 +394,8 @@ def _check_groups(section: str, channels: list[int], groups: int) -> None:
         )
 
 
-def _resolve(p: Path | None, base: Path) -> Path | None:
+def resolve_path(p: Path | None, base: Path) -> Path | None:
+    """``p`` against ``base`` when relative, normalised; None stays None."""
     # Normalised ("a/../b" -> "b"), so the same file reached by two relative paths gives the same
     # fingerprint and a finished stage resumes whichever config names it.
     return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
@@ -407,14 +408,12 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None, source: 
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigErrors(
-            list(dict.fromkeys(f"{source}: {describe_error(e, TrainConfig)}" for e in exc.errors()))
-        ) from None
+        raise ConfigErrors(error_lines(exc, TrainConfig, source)) from None
 
     base = base_dir or Path.cwd()
-    cfg.output_dir = _resolve(cfg.output_dir, base)  # type: ignore[assignment]
-    cfg.work_dir = _resolve(cfg.work_dir, base)
-    cfg.data.labels = _resolve(cfg.data.labels, base)
+    cfg.output_dir = resolve_path(cfg.output_dir, base)  # type: ignore[assignment]
+    cfg.work_dir = resolve_path(cfg.work_dir, base)
+    cfg.data.labels = resolve_path(cfg.data.labels, base)
     return cfg
 
 
