@@ -2,6 +2,8 @@
 
 Each measurement runs in a fresh subprocess, so its ``ru_maxrss`` is that measurement's peak
 resident memory; ``baseline_rss_mb`` is the process with torch, MONAI and the model loaded.
+``seconds_*`` are wall-clock, ``cpu_seconds_*`` the process's CPU time over all threads (on a
+shared machine the wall clock grows with the load; the CPU time much less).
 
 ``curve``: for each volume edge (a cube), one latent is sampled (``--steps`` dpm++ steps of
 builtin:phantom-3d on the enlarged grid, so it looks like the model's latents), then decoded
@@ -86,29 +88,31 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["what"] in ("sample", "latent"):
         synth = _synth(model, shape, spec)
         decode = synth._decode
-        decode_s: list[float] = []
+        decode_s: list[tuple[float, float]] = []
 
         def timed(z: torch.Tensor) -> torch.Tensor:  # benchmark-only instrumentation
             if spec["what"] == "latent":
                 np.save(spec["latent"], z.numpy())
                 return torch.zeros(1, 1, *shape)  # the decode is measured by the other children
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             x = decode(z)
-            decode_s.append(time.perf_counter() - t0)
+            decode_s.append((time.perf_counter() - t0, time.process_time() - c0))
             return x
 
         synth._decode = timed  # type: ignore[method-assign]
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         synth("nodule", "CT", num_inference_steps=spec["steps"], seed=0)
         out["seconds_total"] = round(time.perf_counter() - t, 1)
+        out["cpu_seconds_total"] = round(time.process_time() - c, 1)
         if decode_s:
-            out["seconds_decode"] = round(decode_s[0], 1)
+            out["seconds_decode"] = round(decode_s[0][0], 1)
+            out["cpu_seconds_decode"] = round(decode_s[0][1], 1)
             out["plan"] = decode_plan(
                 model, latent, window=spec.get("window"), max_memory=spec.get("max_memory")
             ).describe()
     else:
         z = torch.from_numpy(np.load(spec["latent"])) if spec.get("latent") else torch.randn(1, *latent)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             if spec["what"] == "whole":
                 x = model.decode(z)
@@ -121,17 +125,28 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 from monai.inferers import SlidingWindowInferer
 
                 roi = [min(spec["sw_window"] or n // 2, n) for n in latent[1:]]
+                out["sw_roi"] = roi  # latent voxels per window
                 inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=0.25, mode="gaussian")
                 x = cast(torch.Tensor, inferer(z, model.decode))
             hu = model.preprocessing.denormalise(x, "CT")[0, 0].numpy()
         out["seconds_decode"] = round(time.perf_counter() - t, 1)
+        out["cpu_seconds_decode"] = round(time.process_time() - c, 1)  # all threads: steadier under load
         if spec.get("image"):
             np.save(spec["image"], hu)
     out["peak_rss_mb"] = round(_maxrss_mb(), 1)
     return out
 
 
+# ``--in-process`` (smoke tests): every measurement in this process, saving a torch import per
+# measurement; peak_rss_mb is then the process's peak so far, not the measurement's.
+_IN_PROCESS = False
+
+
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    if _IN_PROCESS:
+        result = child(spec)
+        print(json.dumps(result), flush=True)
+        return result
     proc = subprocess.run([sys.executable, __file__, "_child", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed: {proc.stderr[-3000:]}")
@@ -162,10 +177,14 @@ def curve(args: argparse.Namespace) -> dict[str, Any]:
                 spec = {**base, **extra, "image": f"{tmp}/x{size}.npy"}
                 r = _run_child(spec)
                 r.update(_diff(np.load(spec["image"]), ref))
-                if extra["what"] == "sliding":
-                    r["sw_window"] = args.sw_window or size // 8
                 rows.append(r)
-    return {"model": args.model, "steps": args.steps, "rows": rows, "machine": machine(args.threads)}
+    return {
+        "model": args.model,
+        "steps": args.steps,
+        "rows": rows,
+        "machine": machine(args.threads),
+        "in_process": args.in_process,
+    }
 
 
 def single(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,7 +199,13 @@ def single(args: argparse.Namespace) -> dict[str, Any]:
         r = _run_child({**spec, "what": "sample", "steps": args.steps})
     else:
         r = _run_child({**spec, "what": "seamless"})
-    return {"model": args.model, "steps": args.steps, "rows": [r], "machine": machine(args.threads)}
+    return {
+        "model": args.model,
+        "steps": args.steps,
+        "rows": [r],
+        "machine": machine(args.threads),
+        "in_process": args.in_process,
+    }
 
 
 def _int_list(text: str) -> list[int]:
@@ -209,7 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--steps", type=int, default=2, help="sampling steps (the latent's, or the pipeline's)")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--out", type=Path, default=None, help="JSON result file")
+        p.add_argument(
+            "--in-process",
+            action="store_true",
+            help="measure in this process (fast smoke test; peak RSS is then not per measurement)",
+        )
     args = ap.parse_args(argv)
+    global _IN_PROCESS
+    _IN_PROCESS = args.in_process
     result = curve(args) if args.what == "curve" else single(args)
     text = json.dumps(result, indent=2) + "\n"
     if args.out:

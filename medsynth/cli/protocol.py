@@ -10,9 +10,22 @@ _THREADS_HELP = (
     "CPU threads for sampling (default: torch's, one per core). On a machine shared with other "
     "jobs, fewer threads than cores avoids oversubscription, which can slow sampling many times."
 )
+_MAX_MEMORY_HELP = (
+    'Memory budget of decoding (and of extend\'s encoding): bytes or a size such as "4GB", "512MiB"; '
+    "overrides the protocol's sampler.max_memory. Default: half the free RAM (GPU memory on CUDA). "
+    "Larger volumes then decode slab by slab, with the same result."
+)
 
 
-def _run_protocol(protocol: str, out: str | None, device: str, as_json: bool, force: bool, threads: int | None) -> None:
+def _run_protocol(
+    protocol: str,
+    out: str | None,
+    device: str,
+    as_json: bool,
+    force: bool,
+    threads: int | None,
+    max_memory: str | None = None,
+) -> None:
     import json
 
     from medsynth.errors import PrivacyError
@@ -26,13 +39,22 @@ def _run_protocol(protocol: str, out: str | None, device: str, as_json: bool, fo
             for line in format_summary(summary):
                 typer.echo(line)
 
+    if max_memory is not None:
+        from medsynth.sampling.memory import parse_memory
+
+        max_memory = parse_memory(max_memory, field="--max-memory")  # type: ignore[assignment]
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     try:
         result = generate(
-            protocol, out=out, device=device, force=force, progress=JsonProgress() if as_json else RichProgress()
+            protocol,
+            out=out,
+            device=device,
+            force=force,
+            progress=JsonProgress() if as_json else RichProgress(),
+            max_memory=max_memory,
         )
     except PrivacyError as exc:
         # What the failed run still wrote, if anything. getattr until errors.PrivacyError
@@ -83,12 +105,13 @@ def _generate(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable progress: one JSON object per line."),
     force: bool = typer.Option(False, "--force", help="Discard an existing run in the output folder; start over."),
     threads: int | None = typer.Option(None, "--threads", min=1, help=_THREADS_HELP),
+    max_memory: str | None = typer.Option(None, "--max-memory", help=_MAX_MEMORY_HELP),
 ) -> None:
     """Generate exactly the protocol's quotas, gated for memorization; rerun to resume.
 
     Exit status: 0 success, 2 bad input, 3 the privacy gate failed the run.
     """
-    _run_protocol(protocol, out, device, as_json, force, threads)
+    _run_protocol(protocol, out, device, as_json, force, threads, max_memory)
 
 
 @app.command("demo")

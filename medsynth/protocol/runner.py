@@ -62,10 +62,18 @@ class _Run:
     """One process's share of a run's batches (all of them, without torchrun)."""
 
     def __init__(
-        self, plan: RunPlan, ctx: DistContext, folder: OutputFolder, state: ResumeState, progress: Progress
+        self,
+        plan: RunPlan,
+        ctx: DistContext,
+        folder: OutputFolder,
+        state: ResumeState,
+        progress: Progress,
+        max_memory: int | str | None = None,
     ) -> None:
         self.plan = plan
         self.p = plan.protocol
+        # The decode's budget: generate(max_memory=) (--max-memory) over sampler.max_memory.
+        self.max_memory = max_memory if max_memory is not None else plan.protocol.sampler.max_memory
         self.ctx = ctx
         self.folder = folder
         self.progress = progress
@@ -116,7 +124,13 @@ class _Run:
             grid = q.grid.synthesizer_args() if q.grid is not None else {}
             s = self.p.sampler
             self._synths[q.grid] = Synthesizer(
-                model, device=self.ctx.device, precision=s.precision, compile=s.compile, **grid
+                model,
+                device=self.ctx.device,
+                precision=s.precision,
+                compile=s.compile,
+                max_memory=self.max_memory,
+                decode_window=s.decode_window,
+                **grid,
             )
         return self._synths[q.grid]
 
@@ -133,6 +147,12 @@ class _Run:
             if q.insert is not None and q.insert.catalog is not None:
                 for c in {self.inserter.row(q, c): c for c in b.cases}.values():  # each row once
                     self.inserter.read_background(q, c)
+        # Every grid's Synthesizer before any sampling: a max_memory too small to decode it stops here.
+        largest: dict[int, int] = {}
+        for b in batches:
+            largest[b.quota] = max(largest.get(b.quota, 0), len(b.cases))
+        for index, size in largest.items():
+            self._synthesizer(self.quotas[index]).check_budget(size)
         if self.p.privacy.gate and batches:
             self.gate = Gate(self.plan.model.path, self.p.privacy, self.plan.weak_indexes)
         finished = self.state.done | self.state.settled
@@ -336,6 +356,7 @@ def generate(
     device: str = "cpu",
     force: bool = False,
     progress: Progress | None = None,
+    max_memory: int | str | None = None,
 ) -> RunResult:
     """Generate the cases a protocol asks for, gated, into its output folder (resuming if cut short).
 
@@ -346,6 +367,8 @@ def generate(
         force: discard an existing run in the output folder (of this or another protocol) and
             start over.
         progress: where progress goes (``progress.RichProgress``, ``JsonProgress``; default none).
+        max_memory: the decode's memory budget (bytes or ``"4GB"``), overriding the protocol's
+            ``sampler.max_memory``; default half the free memory (``medsynth.sampling.memory``).
 
     Returns:
         The run's summary (rank 0; other ranks of a torchrun job get their own partial view).
@@ -364,9 +387,12 @@ def generate(
         >>> result = generate("protocols/demo.yaml", out="demo-output")   # doctest: +SKIP
         >>> result.summary["written"]                                     # doctest: +SKIP
     """
+    from medsynth.sampling.memory import parse_memory
+
+    budget = parse_memory(max_memory)  # a bad value is refused before the protocol is even read
     plan = validate_protocol(protocol, out=out)
     try:
-        result = _execute(plan, device, force, progress or Progress())
+        result = _execute(plan, device, force, progress or Progress(), budget)
     except OSError as exc:  # a write site that did not name its file: the machine's fault, one line
         raise os_error_line(exc, plan.output_dir, output=True) from None
     if not result.passed:
@@ -381,7 +407,7 @@ def generate(
     return result
 
 
-def _execute(plan: RunPlan, device: str, force: bool, progress: Progress) -> RunResult:
+def _execute(plan: RunPlan, device: str, force: bool, progress: Progress, max_memory: int | None = None) -> RunResult:
     """Run ``plan`` in this process (one rank of a torchrun job, or everything)."""
     from medsynth.models.artifact import model_sha256
 
@@ -392,7 +418,7 @@ def _execute(plan: RunPlan, device: str, force: bool, progress: Progress) -> Run
         if ctx.is_main:
             folder.prepare(force)
         barrier(ctx)
-        run = _Run(plan, ctx, folder, folder.resume_state(), progress)
+        run = _Run(plan, ctx, folder, folder.resume_state(), progress, max_memory)
         gate_failure = None
         try:
             run.run()

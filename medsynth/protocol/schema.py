@@ -46,7 +46,7 @@ from medsynth.errors import ErrorLines, ProtocolError
 from medsynth.io.formats import FormatName
 from medsynth.limits import GUIDANCE_RANGE, MAX_STEPS
 from medsynth.protocol.schema_push import PushField, refuse_credentials
-from medsynth.pydantic_errors import describe_error, short_repr
+from medsynth.pydantic_errors import error_lines, short_repr
 from medsynth.strict import StrictModel
 from medsynth.yamlfile import describe_yaml_error, load_yaml
 
@@ -144,6 +144,19 @@ class OutputSpec(_Strict):
         return self
 
 
+def _memory_size(value: Any) -> Any:
+    """Check a ``max_memory`` value; kept as written (``"4GB"``), parsed where the budget is used."""
+    from medsynth.errors import InputError
+    from medsynth.sampling.memory import parse_memory
+
+    try:
+        parse_memory(value, field="sampler.max_memory")
+    except InputError as exc:
+        # pydantic names the field already: keep only what follows "sampler.max_memory=...: ".
+        raise ValueError(str(exc).split(": ", 1)[1]) from None
+    return value
+
+
 class SamplerSpec(_Strict):
     """Sampler settings shared by all quotas (a quota may override method, steps, guidance)."""
 
@@ -166,6 +179,18 @@ class SamplerSpec(_Strict):
         "rounding, see docs/performance.md).",
     )
     compile: bool = Field(False, description="Run the UNet through torch.compile (speed only).")
+    max_memory: Annotated[int | str | None, BeforeValidator(_memory_size)] = Field(
+        None,
+        description='Memory budget of decoding (and of extend\'s encoding): bytes, or a size such as "4GB" or '
+        '"512MiB"; default half the free RAM (GPU memory on CUDA). Whole decode when it fits, else slabs with '
+        "whole-volume GroupNorm statistics: the same result within float rounding (speed and memory only). "
+        "medsynth generate --max-memory overrides it.",
+    )
+    decode_window: int | None = Field(
+        None,
+        ge=1,
+        description="Latent rows per decoding slab, by hand; default chosen from max_memory (speed and memory only).",
+    )
 
     def hashed(self) -> dict[str, Any]:
         """What of these settings changes the output beyond the quotas' own (for ``plan_sha256``).
@@ -405,8 +430,7 @@ def parse_protocol_mapping(data: dict[str, Any], source: str = "<protocol>") -> 
     try:
         return Protocol.model_validate(data)
     except ValidationError as exc:
-        lines = list(dict.fromkeys(f"{source}: {describe_error(e, Protocol)}" for e in exc.errors()))
-        raise ProtocolErrors(lines) from None
+        raise ProtocolErrors(error_lines(exc, Protocol, source)) from None
 
 
 def parse_protocol_text(text: str, source: str = "<protocol>") -> Protocol:

@@ -36,7 +36,7 @@ from medsynth.sampling.samplers import (
     check_sampler,
     make_sampler,
 )
-from medsynth.sampling.tiling import check_window, decode_tiled, encode_tiled
+from medsynth.sampling.tiling import check_window, decode_plan, decode_tiled, encode_tiled
 from medsynth.seeding import derive_seed, torch_generator
 
 DEFAULT_STEPS = 20
@@ -61,7 +61,8 @@ class Synthesizer:
             string such as ``"4GB"`` or ``"512MiB"``; default half the free memory of ``device``
             (RAM, or GPU memory on CUDA) when the call starts. A whole decode is used when it
             fits, else the autoencoder runs slab by slab with whole-volume GroupNorm statistics,
-            so the result is the same either way (``medsynth.sampling.tiling``).
+            so the result is the same either way (``medsynth.sampling.tiling``). A budget too
+            small for slabs of one latent row is refused here, naming the minimum.
         decode_window: latent rows per slab, by hand (``None``: chosen from ``max_memory``).
         shape: the output grid's shape (array order); default the model's grid. At the model's
             spacing every side must be a multiple of the autoencoder's downsampling.
@@ -110,8 +111,20 @@ class Synthesizer:
         self._denoise = torch.compile(model.forward) if compile else model.forward
         self.grid = plan_grid(model.config, shape, spacing, allow_fov_extrapolation=allow_fov_extrapolation)
         self._work = work_preprocessing(model, self.grid)
+        self.check_budget(1)
 
     # -- public API ------------------------------------------------------------------------------
+
+    def check_budget(self, batch_size: int) -> None:
+        """Raise a one-line ``InputError`` if ``max_memory`` cannot decode ``batch_size`` latents.
+
+        A budget too small for even one-row slabs is refused before sampling, not after it
+        (the decode holds the batch's finished outputs too, so the need grows with the batch).
+        No-op without ``max_memory`` (the free memory is only known when decoding) or with a
+        hand-set ``decode_window`` (it runs as asked).
+        """
+        if self.max_memory is not None and self.decode_window is None:
+            decode_plan(self.model, self.latent_shape, max_memory=self.max_memory, batch=batch_size)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -274,6 +287,7 @@ class Synthesizer:
     ) -> list[Scan]:
         """One scan per item, ``settings["batch_size"]`` items per batch; ``z0``: SDEdit's source latent."""
         size = settings["batch_size"]
+        self.check_budget(min(size, len(seeds)))
         scans: list[Scan] = []
         for lo in range(0, len(seeds), size):
             hi = lo + size
