@@ -94,8 +94,15 @@ class DimseStore:
                     f"{self._where} rejected the association from calling AE title {t.calling_aet!r}: "
                     "check the called AE title, and that the PACS admits this calling AE title and address"
                 )
-            how = "the TLS handshake failed (check --ca-bundle)" if tls else "the association was aborted"
-            raise PushError(f"{self._where}: {how}")
+            if tls:
+                raise PushError(f"{self._where}: the TLS handshake failed (check --ca-bundle)")
+            # Orthanc, refusing a calling AE title, sends A-ASSOCIATE-RJ and closes; pynetdicom
+            # sometimes sees the close first and reports an abort, so an abort names the same causes.
+            raise PushError(
+                f"{self._where} aborted the association from calling AE title {t.calling_aet!r} "
+                "before accepting it: check the called AE title, and that the PACS admits this calling AE title "
+                "and address"
+            )
         accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
         return assoc, accepted
 
