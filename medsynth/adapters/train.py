@@ -41,7 +41,7 @@ from medsynth.training.autoencoder import build_stage1
 from medsynth.training.checks import split_catalog
 from medsynth.training.diffusion import build_stage2, encode_dataset
 from medsynth.training.distributed import class_keys
-from medsynth.training.loop import RunContext, resolve_precision, run_stage
+from medsynth.training.loop import RunContext, run_stage
 from medsynth.training.pipeline import default_intensity, load_on_grid
 
 STAGE = "finetune"
@@ -190,16 +190,10 @@ def finetune(
         if problems:
             raise ConfigErrors(problems)
         work = cfg.resolved_work_dir
-        run = RunContext(
-            dist=ctx,
-            work_dir=work,
-            seed=cfg.seed,
-            fingerprints={STAGE: cfg.fingerprint(base_sha), "stage1": cfg.fingerprint(base_sha, "autoencoder")},
-            precision=resolve_precision(cfg.precision, ctx.device),
-            checkpoint_every=cfg.checkpoint_every,
-            val_every=cfg.val_every,
-            sample_every=cfg.sample_every,
-            log_every=cfg.log_every,
+        run = RunContext.for_config(
+            cfg,
+            ctx,
+            {STAGE: cfg.fingerprint(base_sha), "stage1": cfg.fingerprint(base_sha, "autoencoder")},
             progress=progress,
             log=log,
         )

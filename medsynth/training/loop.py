@@ -57,6 +57,34 @@ class RunContext:
     # Loss scaling for fp16 (bf16 and fp32 need none); a pass-through when disabled.
     scaler: torch.amp.GradScaler = field(init=False)
 
+    @classmethod
+    def for_config(
+        cls,
+        cfg: Any,
+        dist: DistContext,
+        fingerprints: dict[str, str],
+        *,
+        progress: bool,
+        log: Callable[[str], None],
+        **extra: Any,
+    ) -> RunContext:
+        """The context of a run set by ``cfg`` (a training or fine-tuning config): its work folder,
+        seed, precision and intervals; ``extra`` sets the other fields (``early_stopping_patience``)."""
+        return cls(
+            dist=dist,
+            work_dir=cfg.resolved_work_dir,
+            seed=cfg.seed,
+            fingerprints=fingerprints,
+            precision=resolve_precision(cfg.precision, dist.device),
+            checkpoint_every=cfg.checkpoint_every,
+            val_every=cfg.val_every,
+            sample_every=cfg.sample_every,
+            log_every=cfg.log_every,
+            progress=progress,
+            log=log,
+            **extra,
+        )
+
     def __post_init__(self) -> None:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16" and self.device.type == "cuda")
 

@@ -38,7 +38,7 @@ from medsynth.training.checks import check_data, dataset_name
 from medsynth.training.config import TrainConfig, load_config
 from medsynth.training.diffusion import build_stage2, compute_scale_factor, encode_dataset
 from medsynth.training.distributed import class_keys
-from medsynth.training.loop import RunContext, resolve_precision, run_stage
+from medsynth.training.loop import RunContext, run_stage
 
 SPLITS_DIR = "splits"  # WORK_DIR/splits/{train,val,test,holdout}.csv: the split this run used
 CT_WINDOW = {"kind": "linear", "lo": -1000.0, "hi": 1000.0}
@@ -258,19 +258,13 @@ def train(
                 print(msg)
 
         work = cfg.resolved_work_dir
-        run = RunContext(
-            dist=ctx,
-            work_dir=work,
-            seed=cfg.seed,
-            fingerprints={s: cfg.fingerprint(s) for s in ("stage1", "stage2")},
-            precision=resolve_precision(cfg.precision, ctx.device),
-            checkpoint_every=cfg.checkpoint_every,
-            val_every=cfg.val_every,
-            sample_every=cfg.sample_every,
-            log_every=cfg.log_every,
-            early_stopping_patience=cfg.early_stopping_patience,
+        run = RunContext.for_config(
+            cfg,
+            ctx,
+            {s: cfg.fingerprint(s) for s in ("stage1", "stage2")},
             progress=progress,
             log=log,
+            early_stopping_patience=cfg.early_stopping_patience,
         )
         catalog = _dataset(cfg, work, ctx)
         checked = check_data(cfg, catalog, where=dataset_name(cfg), strict=strict)
