@@ -64,6 +64,9 @@ MIN_SIDE = 4  # pixels: below this a scan carries too little to compare
 BODY_LEVEL = 0.15
 ANISOTROPY = 1.2  # second-moment ratio above which a body has a long axis worth aligning
 MAX_TURN = 20.0  # degrees: the largest in-plane turn of pose normalisation
+# With ``fov_edges``: a map pixel is in the field of view when at least this share of its blur
+# lies inside it (about one blur width in from the edge).
+FOV_EDGE_WEIGHT = 0.8
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class FeatureConfig:
             and the axial plane scaled apart; ``_pose_steps``).
         axial_scale: with ``pose="axial"``, how much larger the slice axis is drawn than an
             isotropic body's would be (a trunk cut by the field of view fills it along z).
+        fov_edges: band-limit by normalised convolution inside the field of view and leave out
+            of it the band (``FOV_EDGE_WEIGHT``) where the blur reaches past the field of view.
+            Without it the blur mirrors the body at a field-of-view edge, so a copy shifted until
+            the edge cuts its body differs from its source along the cut (the 3D default;
+            ``False`` in indexes written before it, which ``from_dict`` keeps).
     """
 
     spatial_dims: int
@@ -91,6 +99,7 @@ class FeatureConfig:
     smooth: float = 0.7
     pose: str = "isotropic"
     axial_scale: float = 1.0
+    fov_edges: bool = False
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -108,7 +117,8 @@ class FeatureConfig:
         # 3D: a 48-pixel working grid (a 48^3 scan is not shrunk first, so a 5-voxel shift stays
         # 5 voxels), the slice axis scaled apart from the axial plane, and a larger body in the
         # map: self-test recall 0.60 -> 0.99 on 48^3 phantoms (docs/privacy.md, Measured, 3D).
-        return cls(spatial_dims, 16, 48, body_radius=0.38, pose="axial", axial_scale=1.5)
+        # fov_edges: flip+shift+noise copies 0.75 -> see docs/privacy.md (Measured, 3D).
+        return cls(spatial_dims, 16, 48, body_radius=0.38, pose="axial", axial_scale=1.5, fov_edges=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,7 +272,14 @@ def _feature(scan: Scan, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray] | 
     # Band-limit the map to ``smooth`` feature pixels (which also anti-aliases the shrink): a
     # sharp map loses several percent of its correlation to every later resampling (a rotated
     # copy, the search's own warps), which would bury copies among look-alike subjects.
-    z = ndimage.gaussian_filter(z, sigma=[max(cfg.smooth * s, (s - 1.0) / 2.0) for s in steps])
+    sigma = [max(cfg.smooth * s, (s - 1.0) / 2.0) for s in steps]
+    inside = valid.astype(np.float64)
+    if cfg.fov_edges:  # normalised convolution: what lies past the field of view is unknown, not mirrored
+        inside = ndimage.gaussian_filter(inside, sigma=sigma, mode="constant")
+        z = ndimage.gaussian_filter(z * valid, sigma=sigma, mode="constant") / np.maximum(inside, 1e-6)
+        inside = inside >= FOV_EDGE_WEIGHT
+    else:
+        z = ndimage.gaussian_filter(z, sigma=sigma)
     offs = [(np.arange(cfg.grid, dtype=np.float64) - (cfg.grid - 1) / 2.0) * s for s in steps]
     mesh = np.stack(np.meshgrid(*offs, indexing="ij"))
     # In-plane rotation: the last two axes (2D: the slice; 3D SPL: the axial plane).
@@ -270,7 +287,7 @@ def _feature(scan: Scan, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray] | 
     rot[-2:, -2:] = _principal_rotation(coords[:, -2:] - centre[-2:])
     points = np.einsum("ij,j...->i...", rot, mesh) + centre.reshape(-1, *([1] * cfg.spatial_dims))
     feat = ndimage.map_coordinates(z, points, order=1, mode="constant", cval=0.0)
-    fov = ndimage.map_coordinates(valid.astype(np.float32), points, order=1, mode="constant", cval=0.0)
+    fov = ndimage.map_coordinates(inside.astype(np.float32), points, order=1, mode="constant", cval=0.0)
     return feat.astype(np.float32), (fov > 0.5).astype(np.float32)
 
 

@@ -91,3 +91,42 @@ def test_pose_normalisation_centres_a_shifted_body():
     # Uncentred, the map would move by about 2 feature pixels per axis (the body's RMS radius is
     # 8 feature pixels, about 18 of the scan's): that alone costs more than half the correlation.
     assert _ncc(ndimage.shift(base, (2, -2), order=1), base) < 0.6
+
+
+def test_fov_edges_keep_a_copy_cut_by_the_field_of_view_close_to_its_source():
+    """A 3D copy shifted 5 voxels in-plane loses body at the field-of-view edge. Blurring the map
+    by mirroring at that edge (``fov_edges=False``) invents anatomy along the cut; normalised
+    convolution inside the field of view and the edge band left out of it (the 3D default) keep
+    the copy's map like its source's: measured, the mean distance 1 - NCC 0.0069 -> 0.0040 and
+    the lowest score 0.9887 -> 0.9927 on these 12 phantoms."""
+    import dataclasses
+
+    from medsynth.privacy.envelope import Envelope
+    from medsynth.privacy.search import FeatureSearch
+
+    pairs = (("normal", "MR"), ("mass", "CT"))
+    train = [make_phantom(dim=3, pathologies=p, modality=m, seed=s, size=48) for s in range(6) for p, m in pairs]
+    copies = []
+    for scan in train:
+        moved = ndimage.shift(scan.array, [0, 0, 5, 5], order=0, mode="constant", cval=float(scan.array.min()))
+        edge = np.concatenate([moved[0, :, -1, :], moved[0, :, :, -1]])
+        assert (edge > scan.array.min() + 100).any(), "the shift must cut the body at the edge"
+        copies.append(scan.with_array(moved))
+    assert FeatureConfig.default(3).fov_edges and not FeatureConfig.default(2).fov_edges
+    scores = {}
+    for edges in (False, True):
+        cfg = dataclasses.replace(FeatureConfig.default(3), fov_edges=edges)
+        tf, qf = scan_features(train, cfg), scan_features(copies, cfg)
+        res = FeatureSearch(tf.maps, Envelope.default(3)).search(qf.maps, qf.fov)
+        assert (res.nearest == np.arange(len(train))).all()
+        scores[edges] = res.score
+    assert (1 - scores[True]).mean() < 0.7 * (1 - scores[False]).mean(), scores
+    assert scores[True].min() >= 0.992, scores
+
+
+def test_an_index_written_before_fov_edges_keeps_its_features():
+    """Old indexes stored their settings without the key: from_dict must keep the mirrored blur
+    their maps were made with, or queries would be featurised unlike the stored maps."""
+    d = FeatureConfig.default(3).to_dict()
+    d.pop("fov_edges")
+    assert FeatureConfig.from_dict(d).fov_edges is False

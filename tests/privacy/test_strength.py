@@ -53,25 +53,28 @@ def test_strength_round_trips_and_the_banner_is_red_only_when_weak():
     assert weakness_banner(strength_summary(_strength(["a/CT"] * 60), ["a/CT"], {})) == ""
 
 
-def test_the_shipped_2d_index_is_strong_and_the_3d_one_is_weak():
-    # The 2D index meets both bars. The 3D one (96 holdout volumes, axial-pose features) meets the
-    # holdout bar and misses the recall bar on one edit: flip+shift+noise 36 of 48 (docs/privacy.md).
+def test_the_shipped_image_indexes_are_strong_and_the_2d_lesion_one_is_weak():
+    # Both image indexes meet both bars; the 3D one since its features stopped mirroring the body
+    # at a field-of-view edge (flip+shift+noise 36 -> 45 of 48, docs/privacy.md). The 2D lesion
+    # index misses the recall bar: 5%-noise copies of 1-4 pixel nodules fall under tau.
     s2 = stored_strength(PRETRAINED / "phantom-2d" / "privacy")
     assert s2.weaknesses(s2.holdout) == [] and s2.pooled == 320 and s2.planted == 432
     s3 = stored_strength(PRETRAINED / "phantom-3d" / "privacy")
-    assert sum(s3.holdout.values()) == 96 and s3.recall > 0.9
-    (weakness,) = s3.weaknesses(["nodule/CT"])
-    assert "flip+shift+noise 0.75" in weakness
+    assert sum(s3.holdout.values()) == 96 and s3.planted == 432
+    assert s3.weaknesses(list(s3.holdout)) == [] and min(s3.per_edit.values()) >= 0.9
+    lesion = stored_strength(PRETRAINED / "phantom-2d" / "lesion" / "privacy")
+    (weakness,) = lesion.weaknesses(list(lesion.holdout))
+    assert "noise-5% 0.00" in weakness
 
 
 def _protocol(tmp_path, accept):
     doc = {
         "protocol": 1,
         "name": "weak",
-        "model": "builtin:phantom-3d",
+        "model": "builtin:phantom-2d",
         "seed": 1,
         "sampler": {"steps": 2},
-        "quotas": [{"pathology": "nodule", "modality": "CT", "count": 1}],
+        "quotas": [{"pathology": "nodule", "modality": "CT", "count": 1, "insert": {"into": "generated"}}],
         "privacy": {"accept_weak_index": accept},
     }
     path = tmp_path / f"weak-{accept}.yaml"
@@ -84,13 +87,15 @@ def test_validate_and_generate_refuse_a_weak_index_unless_accepted(tmp_path, cap
     for cmd in (["validate", refused], ["generate", refused, "--out", str(tmp_path / "out")]):
         assert main(cmd) == 2
         err = capsys.readouterr().err
-        assert "privacy index is weak" in err and "self-test recall is 0.96" in err and "accept_weak_index" in err
+        assert (
+            "lesion privacy index is weak" in err and "self-test recall is 0.75" in err and "accept_weak_index" in err
+        )
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # refused before an output folder is claimed
     assert main(["validate", _protocol(tmp_path, True)]) == 0
     out = capsys.readouterr().out
-    assert "self-test recall 0.958 over 432 planted copies" in out
-    assert "WEAK (accepted by privacy.accept_weak_index): its self-test recall is 0.96" in out
+    assert "self-test recall 0.750 over 32 planted copies" in out
+    assert "WEAK (accepted by privacy.accept_weak_index): its self-test recall is 0.75" in out
 
 
 def test_verdicts_of_an_accepted_weak_index_are_marked_in_the_manifest_entry():
