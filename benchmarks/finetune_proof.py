@@ -109,11 +109,15 @@ def arm_config(args: argparse.Namespace, arm: str, labels: Path, out: Path) -> P
     }
     if args.ema_decay is not None:
         cfg["ema_decay"] = args.ema_decay
+    if args.embedding_lr is not None:
+        cfg["embedding_lr"] = args.embedding_lr
     if spec["method"] == "lora":
         cfg["lora"] = {"rank": args.rank, "alpha": args.rank}
+        if args.lora_targets:
+            cfg["lora"]["target_modules"] = args.lora_targets.split(",")
     if spec["prior"]:
         cfg["prior_preservation"] = {
-            "weight": 1.0,
+            "weight": args.prior_weight,
             "samples_per_class": args.prior_samples,
             "sampling_steps": args.sampling_steps,
         }
@@ -225,7 +229,7 @@ def markdown(r: dict[str, Any]) -> str:
     t = r["targets"]
     lines = [
         f"{r['n_scans']} pneumothorax scans ({r['n_scans'] // 2} CT, {r['n_scans'] // 2} MR), base `{r['base']}`, "
-        f"{r['steps']} steps at batch {r['batch_size']}, lr {r['lr']}; accuracy: {r['n']} samples per class at "
+        f"{r['steps']} steps at batch {r['batch_size']}, lr {r['lr']} (token rows {r.get('embedding_lr') or 'default'}); accuracy: {r['n']} samples per class at "
         f"{r['sampling_steps']} steps, classifier held-out real accuracy "
         f"{r['classifier']['real_heldout_accuracy']['joint']:.3f}.",
         "",
@@ -285,9 +289,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per arm")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (all arms)")
+    ap.add_argument("--embedding-lr", type=float, default=None, help="new token rows' rate; default: finetune's")
     ap.add_argument("--ema-decay", type=float, default=None, help="default: medsynth finetune's")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = rank)")
     ap.add_argument("--init-from", default="normal", help="the base token the new row starts from, or 'mean'")
+    ap.add_argument("--prior-weight", type=float, default=1.0, help="prior preservation weight")
+    ap.add_argument("--lora-targets", default=None, help="comma-separated module suffixes; default: finetune's")
     ap.add_argument("--prior-samples", type=int, default=8, help="prior samples per base class")
     ap.add_argument("--n", type=int, default=16, help="samples per class for accuracy")
     ap.add_argument("--sampling-steps", type=int, default=20)
@@ -336,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         **{k: getattr(args, k) for k in ("base", "n_scans", "data_seed", "steps", "batch_size", "lr", "rank")},
+        **{k: getattr(args, k) for k in ("embedding_lr", "prior_weight", "lora_targets")},
         **{k: getattr(args, k) for k in ("n", "sampling_steps", "prior_samples", "init_from", "seed")},
         "classifier": {
             "n_train_per_class": args.n_train,

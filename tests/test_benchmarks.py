@@ -113,3 +113,29 @@ def test_finetune_proof_runs_two_arms_on_a_tiny_base(tmp_path):
     assert r["arms"]["embedding"]["eval"]["per_class"].items() >= r["base_eval"]["per_class"].items()
     assert r["arms"]["lora-prior"]["adapter_bytes"] > r["arms"]["embedding"]["adapter_bytes"]
     assert "| lora-prior |" in (out / "finetune_proof.md").read_text()
+
+
+def test_scanner_adapt_runs_on_a_tiny_base_and_judges_both_models_on_one_scale(tmp_path):
+    """End to end on a 16-pixel base: scanner-B data, one finetune, KID/FID of base and adapted samples
+    against the same held-out half (so both carry the same real-vs-real baseline)."""
+    spec = importlib.util.spec_from_file_location("tiny_finetune", REPO / "tests" / "training" / "test_finetune.py")
+    assert spec is not None and spec.loader is not None
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    base = helpers._tiny_base(2, tmp_path / "base")
+    bench = importlib.util.spec_from_file_location("scanner_adapt", REPO / "benchmarks" / "scanner_adapt.py")
+    assert bench is not None and bench.loader is not None
+    module = importlib.util.module_from_spec(bench)
+    bench.loader.exec_module(module)
+    out = tmp_path / "out"
+    argv = ["--base", str(base), "--n-scans", "16", "--n-heldout", "64", "--size", "32", "--steps", "2"]
+    argv += ["--batch-size", "2", "--n", "2", "--sampling-steps", "2", "--encoder-steps", "10", "--threads", "1"]
+    assert module.main([*argv, "--out", str(out)]) == 0
+    r = json.loads((out / "scanner_adapt.json").read_text())
+    base_m, adapted = r["models"]["base"], r["models"]["adapted"]
+    assert base_m["kid"]["real_baseline"] == adapted["kid"]["real_baseline"]  # one split, one encoder
+    assert base_m["kid"]["synthetic"] != adapted["kid"]["synthetic"]
+    assert r["adapter_bytes"] > 0 and r["finetune"]["peak_rss_mb"] > 0
+    labels = (out / "data" / "labels.csv").read_text().splitlines()
+    assert len(labels) == 17 and "split" not in labels[0]  # finetune splits them itself
+    assert "| adapted model's samples |" in (out / "scanner_adapt.md").read_text()

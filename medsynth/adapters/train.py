@@ -126,8 +126,8 @@ def _trainable(cfg: FinetuneConfig, model: LatentDiffusionModel, base: LatentDif
     groups = []
     if unet:
         groups.append({"params": unet, "weight_decay": cfg.weight_decay})
-    if rows:
-        groups.append({"params": rows, "weight_decay": 0.0})  # decay would move the frozen rows
+    if rows:  # no decay: it would move the frozen rows; their own rate, as a scale of the stage's lr
+        groups.append({"params": rows, "weight_decay": 0.0, "lr_scale": cfg.embedding_lr / cfg.lr})
     return groups
 
 

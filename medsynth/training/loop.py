@@ -189,7 +189,7 @@ class StageSpec:
     steps: int
     modules: dict[str, nn.Module]  # unwrapped modules, checkpointed by name
     optimizers: dict[str, torch.optim.Optimizer]
-    base_lrs: dict[str, float]
+    base_lrs: dict[str, float]  # per optimizer; a param group may scale it by its own "lr_scale"
     warmup_steps: int
     min_lr_ratio: float
     train_step: Callable[[int], dict[str, float]]
@@ -398,8 +398,8 @@ def run_stage(spec: StageSpec, run: RunContext, *, resume: bool = True) -> dict[
     while step < spec.steps:
         factor = lr_factor(step, spec.steps, spec.warmup_steps, spec.min_lr_ratio)
         for name, opt in spec.optimizers.items():
-            for group in opt.param_groups:
-                group["lr"] = spec.base_lrs[name] * factor
+            for group in opt.param_groups:  # a group's "lr_scale" (fine-tuning's token rows) is kept
+                group["lr"] = spec.base_lrs[name] * group.get("lr_scale", 1.0) * factor
         last = spec.train_step(step)
         if spec.ema is not None and spec.ema_source is not None:
             spec.ema.update_parameters(spec.ema_source)

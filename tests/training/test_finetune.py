@@ -172,6 +172,20 @@ def test_embedding_method_trains_only_the_new_rows(bases, tmp_path):
     )
 
 
+def test_new_rows_move_at_their_own_embedding_lr(bases, tmp_path):
+    """The new rows' rate is ``embedding_lr``, not the UNet's ``lr``: Adam moves a coordinate by
+    about the rate per step, so four steps at 1e-5 move the row by well under 1e-3, and four at
+    1e-1 by far more (the UNet's lr, 1e-2, is the same in both runs)."""
+    base_dir, labels = bases[2]
+    start = load_model(base_dir).conditioner.pathology_embedding.weight[1 + BASE_PATHOLOGIES.index("mass")].detach()
+    moved = {}
+    for elr in (1e-5, 1e-1):
+        out = _run(base_dir, labels, tmp_path / str(elr), method="embedding", prior_preservation=None, embedding_lr=elr)
+        moved[elr] = float((load_file(out / "embeddings.safetensors")["pathology"][0] - start).abs().max())
+    assert moved[1e-5] <= 4 * 2e-5, moved
+    assert moved[1e-1] > 100 * moved[1e-5] and moved[1e-1] > 4 * 1e-2, moved
+
+
 def test_full_method_in_3d_stores_the_unet_and_scales_between_base_and_tuned(bases, tmp_path):
     base_dir, labels = bases[3]
     out = _run(base_dir, labels, tmp_path, method="full", new_pathologies={NEW: {"init_from": "mean"}})
