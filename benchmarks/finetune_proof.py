@@ -67,6 +67,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "lora-prior": {"method": "lora", "prior": True},
     "embedding": {"method": "embedding", "prior": False},
     "lora": {"method": "lora", "prior": False},
+    "lora-gated": {"method": "lora", "prior": False, "gate": True},
     "full-prior": {"method": "full", "prior": True},
     "full": {"method": "full", "prior": False},
 }
@@ -115,6 +116,8 @@ def arm_config(args: argparse.Namespace, arm: str, labels: Path, out: Path) -> P
         cfg["lora"] = {"rank": args.rank, "alpha": args.rank}
         if args.lora_targets:
             cfg["lora"]["target_modules"] = args.lora_targets.split(",")
+        if spec.get("gate"):
+            cfg["lora"]["gate"] = True
     if spec["prior"]:
         cfg["prior_preservation"] = {
             "weight": args.prior_weight,

@@ -27,7 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from medsynth.adapters.gate import TokenGate
 from medsynth.errors import InputError
+from medsynth.models.conditioning import Conditioner
 from medsynth.models.ldm import LatentDiffusionModel, ModelConfig
 from medsynth.models.verify import verify_files
 
@@ -75,6 +77,15 @@ def lora_state(unet: nn.Module) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def attach_gate(unet: nn.Module, conditioner: Conditioner, n_old_pathologies: int, n_old_modalities: int) -> TokenGate:
+    """Gate every LoRA layer of ``unet`` (after ``inject_lora``) to the new tokens (``adapters.gate``)."""
+    gate = TokenGate(conditioner, n_old_pathologies, n_old_modalities)
+    unet.register_forward_pre_hook(gate.before_unet, with_kwargs=True)
+    for _, layer in lora_layers(unet):
+        layer.lora_B[_ADAPTER_NAME].register_forward_hook(gate.after_lora_b)
+    return gate
 
 
 def set_lora_scale(unet: nn.Module, scale: float) -> None:
@@ -175,6 +186,16 @@ def apply_adapter(model: LatentDiffusionModel, path: Path, scale: float) -> Late
                 f"(unexpected {unexpected[:2]}, missing {missing[:2]})"
             )
         set_lora_scale(model.unet, scale)
+        if adapter["lora"].get("gate"):
+            n_p = len(adapter.get("new_pathologies", {}))
+            n_m = len(adapter.get("new_modalities", {}))
+            cond = model.conditioner
+            attach_gate(
+                model.unet,
+                cond,
+                cond.pathology_embedding.num_embeddings - n_p,
+                cond.modality_embedding.num_embeddings - n_m,
+            )
     elif method == "full" and scale != 0:
         tuned = _read(path / ADAPTER_FILE)
         if scale != 1:

@@ -64,6 +64,8 @@ class LoraSettings(_Section):
     alpha: int = Field(default=8, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+    # The update only for samples of a new token (adapters.gate): old classes stay the base's.
+    gate: bool = False
 
 
 class PriorPreservation(_Section):
@@ -130,6 +132,14 @@ class FinetuneConfig(_Section):
             )
         if self.autoencoder is not None and not self.train_autoencoder:
             raise ValueError("autoencoder: settings given but train_autoencoder is false; set it true or remove them")
+        if self.lora.gate and (self.method != "lora" or not (self.new_pathologies or self.new_modalities)):
+            raise ValueError(
+                "lora.gate applies the LoRA update to new tokens only: it needs method lora and new tokens"
+            )
+        if self.lora.gate and self.prior_preservation is not None:
+            raise ValueError(
+                "lora.gate leaves every base class untouched, so prior_preservation has nothing to keep; remove one"
+            )
         for name, tok in self.new_pathologies.items():
             if tok.intensity is not None:
                 raise ValueError(f"new_pathologies.{name}.intensity: only new modalities have an intensity")

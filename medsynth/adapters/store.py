@@ -85,12 +85,18 @@ def merge(adapted: str | Path, out_dir: str | Path, *, scale: float | None = Non
     ``finetune/privacy/``; the generation gate checks both.
 
     Raises:
-        InputError: not a fine-tuned directory, a missing base or one with another digest.
+        InputError: not a fine-tuned directory, a gated LoRA (``adapters.gate``), a missing base
+            or one with another digest.
     """
     src = resolve_model_path(adapted)
     config = load_config(src)
     if config.adapter is None:
         raise InputError(f"{src}: not a fine-tuned model directory (config.json has no adapter); nothing to merge")
+    if (config.adapter.get("lora") or {}).get("gate"):
+        raise InputError(
+            f"{src}: its LoRA is gated to the new tokens (lora.gate: true), which merged weights cannot keep "
+            "(every class would get the update); use the fine-tuned directory itself"
+        )
     base_dir = resolve_base(src, config.adapter)
     model = load_model(src, scale=scale)
     merge_lora(model.unet)

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import torch
 
-from medsynth.adapters.compose import compose, inject_lora
+from medsynth.adapters.compose import attach_gate, compose, inject_lora
 from medsynth.adapters.config import FinetuneConfig, load_config
 from medsynth.adapters.prior import prior_latents
 from medsynth.adapters.store import adapter_bytes, base_reference, save_adapted
@@ -118,6 +118,8 @@ def _trainable(cfg: FinetuneConfig, model: LatentDiffusionModel, base: LatentDif
     if cfg.method == "lora":
         torch.manual_seed(cfg.seed)  # peft draws LoRA's A matrices from the global generator
         inject_lora(model.unet, cfg.lora.model_dump())
+        if cfg.lora.gate:
+            attach_gate(model.unet, model.conditioner, len(base.pathologies) + 1, len(base.modalities) + 1)
         unet = [p for n, p in model.unet.named_parameters() if "lora_" in n]
     elif cfg.method == "full":
         unet = list(model.unet.parameters())

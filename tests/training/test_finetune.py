@@ -234,6 +234,44 @@ def test_resume_after_an_interruption_is_exact(bases, tmp_path, monkeypatch):
         assert all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a), name
 
 
+@pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
+def test_a_gated_lora_changes_only_the_new_class_and_cannot_be_merged(bases, tmp_path, dims):
+    """lora.gate: every old class (with guidance, so its null rows too) samples as the base's bit for
+    bit, while the new class gets the update; merging would give it to every class, so it is refused."""
+    base_dir, labels = bases[dims]
+    out = _run(base_dir, labels, tmp_path, prior_preservation=None, lora={"rank": 2, "alpha": 2, "gate": True})
+    assert json.loads((out / "config.json").read_text())["adapter"]["lora"]["gate"] is True
+    base, model, off = load_model(base_dir), load_model(out), load_model(out, scale=0.0)
+    for p, m in (("nodule", "CT"), ("mass", "MR"), ("normal", "CT")):
+        assert np.array_equal(_sample(model, p, m), _sample(base, p, m)), (p, m)
+    assert not np.array_equal(_sample(model, NEW), _sample(off, NEW)), "the gate never opened for the new token"
+    with pytest.raises(InputError, match="gated to the new tokens"):
+        store.merge(out, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_the_gate_reads_new_labels_from_the_context():
+    from medsynth.adapters.gate import TokenGate
+
+    torch.manual_seed(0)
+    cond = Conditioner([*BASE_PATHOLOGIES, NEW], ["CT", "MR", "US"], 16)
+    gate = TokenGate(cond, len(BASE_PATHOLOGIES) + 1, 3)  # base: 4 pathologies + null, 2 modalities + null
+    ctx = cond([NEW, "mass", ["mass", NEW], ["nodule", "effusion"], "normal"], ["CT", "MR", "MR", "CT", "US"])
+    assert gate.from_context(ctx).tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]  # US is a new modality
+    dropped = cond([NEW], ["CT"], drop_pathology=torch.tensor([True]))
+    assert gate.from_context(dropped).tolist() == [0.0]  # the null row: the base's unconditional pass
+
+
+def test_gate_settings_that_cannot_work_are_refused(bases, tmp_path):
+    base_dir, labels = bases[2]
+    for over, words in (
+        ({"lora": {"gate": True}}, "nothing to keep"),  # _cfg has prior preservation
+        ({"lora": {"gate": True}, "prior_preservation": None, "new_pathologies": {}}, "needs method lora and new"),
+    ):
+        with pytest.raises(InputError, match=words):
+            parse_config(_cfg(base_dir, labels, tmp_path, **over))
+
+
 def test_a_base_with_another_digest_is_refused(bases, tmp_path):
     base_dir, labels = bases[2]
     copy = tmp_path / "base"
