@@ -190,12 +190,13 @@ def apply_adapter(model: LatentDiffusionModel, path: Path, scale: float) -> Late
             n_p = len(adapter.get("new_pathologies", {}))
             n_m = len(adapter.get("new_modalities", {}))
             cond = model.conditioner
-            attach_gate(
+            gate = attach_gate(
                 model.unet,
                 cond,
                 cond.pathology_embedding.num_embeddings - n_p,
                 cond.modality_embedding.num_embeddings - n_m,
             )
+            gate.check(str(path))
     elif method == "full" and scale != 0:
         tuned = _read(path / ADAPTER_FILE)
         if scale != 1:

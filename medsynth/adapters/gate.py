@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsynth.errors import InputError
 from medsynth.models.conditioning import Conditioner
 
 # Least-squares weights below this are rounding, not a label (a label's weight is 1/k for k labels).
@@ -61,6 +62,30 @@ class TokenGate:
         p = self._new_weight(context[:, 0], c.pathology_embedding.weight, self.n_old[0])
         m = self._new_weight(context[:, 1], c.modality_embedding.weight, self.n_old[1])
         return ((p > _WEIGHT_TOL) | (m > _WEIGHT_TOL)).to(context.dtype)
+
+    def check(self, where: str) -> None:
+        """Every old row must read as old and every new one as new, else the gate would change an old class.
+
+        Raises:
+            InputError: a new row too close to an old one (a run too short for the row to leave
+                its ``init_from`` copy) or tables whose rows are not independent.
+        """
+        c = self.conditioner
+        p_rows, m_rows = c.pathology_embedding.weight.detach(), c.modality_embedding.weight.detach()
+        for name, rows, other, first in (
+            ("pathology", p_rows, m_rows[0], True),
+            ("modality", m_rows, p_rows[0], False),
+        ):
+            n_old = self.n_old[0] if first else self.n_old[1]
+            pair = [rows, other.expand_as(rows)] if first else [other.expand_as(rows), rows]
+            got = self.from_context(torch.stack(pair, dim=1))
+            want = (torch.arange(rows.shape[0], device=rows.device) >= n_old).to(got.dtype)
+            if not torch.equal(got, want):
+                raise InputError(
+                    f"{where}: lora.gate cannot tell the new {name} rows from the old ones (rows "
+                    f"{torch.nonzero(got != want).flatten().tolist()} read wrongly): the new rows are too close to "
+                    "their init_from rows; fine-tune longer or raise embedding_lr"
+                )
 
     def before_unet(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         context = kwargs.get("context")

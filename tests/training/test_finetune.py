@@ -262,6 +262,16 @@ def test_the_gate_reads_new_labels_from_the_context():
     assert gate.from_context(dropped).tolist() == [0.0]  # the null row: the base's unconditional pass
 
 
+def test_a_gated_adapter_whose_new_row_never_left_its_copy_is_refused_at_load(bases, tmp_path):
+    """At embedding_lr 1e-9 the new row stays its init_from copy: the gate would open for that old
+    class too, so loading names the problem instead of changing an old class silently."""
+    base_dir, labels = bases[2]
+    out = _run(base_dir, labels, tmp_path, prior_preservation=None, embedding_lr=1e-9, lora={"gate": True})
+    with pytest.raises(InputError, match="cannot tell the new pathology rows from the old ones") as err:
+        load_model(out)
+    assert "\n" not in str(err.value) and "embedding_lr" in str(err.value)
+
+
 def test_gate_settings_that_cannot_work_are_refused(bases, tmp_path):
     base_dir, labels = bases[2]
     for over, words in (
